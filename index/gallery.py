@@ -1,0 +1,360 @@
+"""The gallery of known whales: a durable store plus a FAISS index, searched concurrently.
+
+Scoring (``GallerySpec.embedding_scoring``):
+
+* ``centroid``: one vector per identity, the L2-normalised mean of its photos' L2-normalised
+  embeddings (the 3rd-place recipe of the Kaggle 2019 Humpback Whale Identification competition).
+  Adding or removing a photo recomputes that identity's centroid from the store.
+* ``image_max``: one vector per photo; an identity scores its best photo (per-identity maximum of
+  the nearest neighbours, as the Happywhale 2022 winner ranked).
+
+Mirror identities (``<whale_id>:flipped``) may be enrolled and compete in the index but are never
+answered. Searches hold a shared lock; a change takes the exclusive lock only while the in-memory
+index is updated, after the store has committed (and fsynced) it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from core.manifest import Manifest, check_embedding_dim
+from index.ranking import top_k_distinct
+from index.store import GalleryStore, NewImage, flipped_id, validate_whale_id
+from index.vectors import VectorIndex, as_float32_matrix, l2_normalize
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "gallery.sqlite"
+INDEX_FILE = "index.npz"
+
+EmbeddingScoring = Literal["centroid", "image_max"]
+#: scores equal to this many decimals count as a tie (broken by whale id)
+TIE_DECIMALS = 6
+
+
+class RWLock:
+    """A readers-writer lock that prefers writers (a waiting change is not starved by searches)."""
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def read(self):
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self):
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One ranked identity: ``score`` is a cosine similarity in ``[-1, 1]``."""
+
+    whale_id: str
+    score: float
+    identity_id: int
+
+
+@dataclass(frozen=True)
+class AddResult:
+    whale_id: str
+    image_ids: list[int]
+    duplicate_image_ids: list[int]
+    images_total: int
+
+
+class Gallery:
+    """Identities, their photos' embeddings, and a FAISS index over them.
+
+    Args:
+        folder: where ``gallery.sqlite`` and ``index.npz`` live (created when absent).
+        dim: embedding dimension.
+        factory: FAISS factory string (see :class:`index.vectors.VectorIndex`).
+        embedding_scoring: ``"centroid"`` or ``"image_max"``.
+        model_sha256: checksum of the model whose embeddings the store holds (checked on open).
+
+    Raises:
+        CorruptArtifactError: the store or the index snapshot is unreadable (names the file).
+        ManifestMismatchError: the store was built for another dimension or model.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        dim: int,
+        factory: str = "IDMap2,Flat",
+        embedding_scoring: EmbeddingScoring = "centroid",
+        model_sha256: str | None = None,
+    ):
+        if embedding_scoring not in ("centroid", "image_max"):
+            raise ValueError(f"embedding_scoring must be 'centroid' or 'image_max', got {embedding_scoring!r}")
+        self.folder = Path(folder)
+        self.dim = int(dim)
+        self.factory = factory
+        self.scoring = embedding_scoring
+        self.store = GalleryStore(self.folder / STORE_FILE, self.dim, model_sha256)
+        self._rw = RWLock()
+        self._mutate = threading.Lock()
+        self._names: dict[int, tuple[str, bool]] = {}
+        self._image_owner: dict[int, int] = {}
+        self._images_of: dict[int, set[int]] = defaultdict(set)
+        self._vectors = VectorIndex(self.dim, factory)
+        self._load_or_rebuild()
+
+    @classmethod
+    def for_manifest(cls, folder: str | Path, manifest: Manifest) -> Gallery:
+        """Open (or create) the gallery of a bundle with the manifest's dimension, factory and scoring."""
+        g = cls(
+            folder,
+            manifest.model.embedding_dim,
+            manifest.gallery.factory,
+            manifest.gallery.embedding_scoring,
+            manifest.model.sha256,
+        )
+        check_embedding_dim(manifest, g.dim, f"gallery {g.folder}")
+        return g
+
+    # -- building the in-memory index -------------------------------------------------------
+
+    @property
+    def index_path(self) -> Path:
+        return self.folder / INDEX_FILE
+
+    def _load_or_rebuild(self) -> None:
+        self._names = self.store.identity_names()
+        image_ids, idents, embs = self.store.all_embeddings()
+        self._image_owner = dict(zip(image_ids.tolist(), idents.tolist(), strict=True))
+        self._images_of = defaultdict(set)
+        for img, ident in self._image_owner.items():
+            self._images_of[ident].add(img)
+        generation = self.store.generation
+        if self.index_path.exists():
+            vectors, meta = VectorIndex.load(self.index_path, self.dim, self.factory)
+            if meta.get("generation") == generation and meta.get("scoring") == self.scoring:
+                self._vectors = vectors
+                return
+            log.info(
+                "gallery index %s is stale (generation %s, store %s): rebuilding",
+                self.index_path,
+                meta.get("generation"),
+                generation,
+            )
+        self._vectors = VectorIndex(self.dim, self.factory)
+        if self.scoring == "image_max":
+            if len(image_ids):
+                self._vectors.upsert(image_ids, embs)
+            return
+        if len(image_ids):
+            order = np.argsort(idents, kind="stable")
+            uniq, starts = np.unique(idents[order], return_index=True)
+            sums = np.add.reduceat(embs[order].astype(np.float64), starts, axis=0)
+            self._vectors.upsert(uniq, l2_normalize(sums))
+
+    def save(self) -> Path:
+        """Snapshot the FAISS index beside the store (atomic), tagged with the store's generation."""
+        with self._mutate, self._rw.read():
+            return self._vectors.save(self.index_path, {"generation": self.store.generation, "scoring": self.scoring})
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def _resync(self, ident: int) -> None:
+        """Bring one identity's entries in the in-memory index in line with the store.
+
+        Called under ``self._mutate`` after the store committed a change; the exclusive lock is held
+        only for the in-memory update.
+        """
+        current = self.store.image_ids_of(ident)
+        centroid = None
+        if current and self.scoring == "centroid":
+            embs = self.store.embeddings_of(ident)
+            centroid = l2_normalize(embs.astype(np.float64).sum(axis=0, keepdims=True))
+        new_vecs = None
+        old = self._images_of.get(ident, set())
+        if self.scoring == "image_max" and current - old:
+            added = sorted(current - old)
+            _, idents, embs = self.store.all_embeddings_of_images(added)
+            new_vecs = (added, embs)
+        with self._rw.write():
+            gone = old - current
+            for i in gone:
+                self._image_owner.pop(i, None)
+            if self.scoring == "image_max":
+                self._vectors.remove(sorted(gone))
+                if new_vecs is not None:
+                    self._vectors.upsert(*new_vecs)
+            elif centroid is not None:
+                self._vectors.upsert([ident], centroid)
+            else:
+                self._vectors.remove([ident])
+            for i in current:
+                self._image_owner[i] = ident
+            if current:
+                self._images_of[ident] = set(current)
+            else:
+                self._images_of.pop(ident, None)
+                self._names.pop(ident, None)
+
+    def add(self, whale_id: str, images: Sequence[NewImage], flipped: Sequence[NewImage] | None = None) -> AddResult:
+        """Add photos to an identity (created when absent); durable when this returns.
+
+        Args:
+            whale_id: the identity (validated by :func:`index.store.validate_whale_id`).
+            images: the photos, with ``(d,) float32`` L2-normalised embeddings.
+            flipped: optional mirror images of the same photos, enrolled under ``<whale_id>:flipped``.
+
+        Returns:
+            What was added; photos already stored for this identity (same sha256) are reported
+            as duplicates and not added again.
+
+        Raises:
+            InvalidIdentityError: a whale id that cannot be used.
+        """
+        validate_whale_id(whale_id)
+        with self._mutate:
+            out = self.store.add_images(whale_id, images)
+            self._names[out.identity_id] = (whale_id, False)
+            self._resync(out.identity_id)
+            if flipped:
+                fout = self.store.add_images(flipped_id(whale_id), flipped, flipped=True)
+                self._names[fout.identity_id] = (flipped_id(whale_id), True)
+                self._resync(fout.identity_id)
+            total = len(self._images_of.get(out.identity_id, ()))
+        return AddResult(whale_id, out.added_ids, out.duplicate_ids, total)
+
+    def remove_identity(self, whale_id: str) -> None:
+        """Delete an identity, its mirror identity and all their photos (durable when this returns).
+
+        Raises:
+            UnknownIdentityError: no such identity.
+        """
+        with self._mutate:
+            for ident in self.store.remove_identity(whale_id):
+                self._resync(ident)
+
+    def remove_image(self, whale_id: str, image_id: int) -> bool:
+        """Delete one photo (and its mirror copy). Returns whether the identity went with it.
+
+        Raises:
+            UnknownIdentityError, UnknownImageError.
+        """
+        with self._mutate:
+            mirror = (
+                self.store.identity_id(flipped_id(whale_id)) if self.store.has_identity(flipped_id(whale_id)) else None
+            )
+            ident, _sha, deleted = self.store.remove_image(whale_id, image_id)
+            self._resync(ident)
+            if mirror is not None:
+                self._resync(mirror)
+        return deleted
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of identities that can be answered (mirror identities excluded)."""
+        return sum(1 for _, flipped in self._names.values() if not flipped)
+
+    @property
+    def n_vectors(self) -> int:
+        return len(self._vectors)
+
+    def whale_ids(self) -> list[str]:
+        return sorted(name for name, flipped in self._names.values() if not flipped)
+
+    def search(self, queries, k: int = 5) -> list[list[Hit]]:
+        """Top-``k`` distinct identities of each query, best first (mirror identities never answered).
+
+        Scores equal to ``TIE_DECIMALS`` decimals are ordered by whale id, so results do not depend
+        on insertion order or float rounding.
+
+        Args:
+            queries: ``(q, d) float32`` L2-normalised embeddings (or ``(d,)`` for one query).
+            k: identities per query (>= 1).
+
+        Returns:
+            One list of up to ``k`` hits per query (fewer when the gallery is smaller).
+        """
+        q = as_float32_matrix(queries, self.dim, "queries")
+        with self._rw.read():
+            total = len(self._vectors)
+            if total == 0:
+                return [[] for _ in range(len(q))]
+            fetch = min(total, max(2 * k, k + 8) if self.scoring == "centroid" else 4 * k)
+            results: list[list[Hit] | None] = [None] * len(q)
+            todo = np.arange(len(q))
+            while len(todo):
+                scores, ids = self._vectors.search(q[todo], fetch)
+                retry = []
+                for row, qi in enumerate(todo):
+                    hits = self._rank(scores[row], ids[row], k)
+                    if len(hits) < k and fetch < total:
+                        retry.append(qi)
+                    else:
+                        results[qi] = hits
+                todo = np.array(retry, dtype=np.int64)
+                fetch = min(total, fetch * 4)
+        return results  # type: ignore[return-value]
+
+    def _rank(self, scores: np.ndarray, ids: np.ndarray, k: int) -> list[Hit]:
+        names, owners = self._names, self._image_owner
+        pairs = []
+        for s, vid in zip(scores.tolist(), ids.tolist(), strict=True):
+            if vid < 0:
+                continue
+            ident = owners.get(vid) if self.scoring == "image_max" else vid
+            if ident is None or ident not in names:
+                continue
+            name, flipped = names[ident]
+            if not flipped:
+                pairs.append((name, s, ident))
+        pairs.sort(key=lambda p: (-round(p[1], TIE_DECIMALS), p[0]))
+        ranked = top_k_distinct([p[0] for p in pairs], [p[1] for p in pairs], k)
+        ident_of = {}
+        for name, _s, ident in pairs:
+            ident_of.setdefault(name, ident)
+        return [Hit(name, score, ident_of[name]) for name, score in ranked]
+
+    def centroid(self, whale_id: str) -> np.ndarray:
+        """``(d,) float32`` L2-normalised centroid of an identity's photos (computed from the store).
+
+        Raises:
+            UnknownIdentityError.
+        """
+        embs = self.store.embeddings_of(self.store.identity_id(whale_id))
+        return l2_normalize(embs.astype(np.float64).sum(axis=0, keepdims=True))[0]
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,1 @@
+"""whaleid service: FastAPI on onnxruntime and FAISS. Never imports torch, timm or ``training``."""

@@ -1,0 +1,3 @@
+from whaleid.cli import main
+
+main()
