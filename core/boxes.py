@@ -123,69 +123,77 @@ class TTABox(BaseModel):
     dy: float = Field(0.0, ge=-1.0, le=1.0)
 
 
+_BOXED = (
+    TTABox(),
+    TTABox(scale=1.1),
+    TTABox(scale=1.2),
+    TTABox(scale=1.1, dy=-0.05),
+    TTABox(kind="full"),
+)
+_FIXED_CROPS = (
+    TTABox(),
+    TTABox(scale=0.9),
+    TTABox(scale=0.8),
+    TTABox(scale=0.9, dy=-0.05),
+    TTABox(scale=0.9, dy=0.05),
+)
+
+
 class TTAPolicy(BaseModel):
-    """The boxes each photo is embedded through, and where the base box comes from.
+    """The boxes each photo is embedded through.
 
     Attributes:
-        base: ``"detector"`` when the bundle has a fluke detector, ``"full_frame"`` otherwise.
-        boxes: the TTA boxes, in order; their embeddings are L2-normalised, averaged and
-            renormalised.
+        base: where the service finds a photo's base box: ``"detector"`` (the bundle's fluke
+            detector) or ``"full_frame"`` (no detector: ``fallback`` crops are used).
+        boxes: TTA boxes around a known base box (a detected box, or one given in a boxes CSV).
+        fallback: fixed crops of the full frame, used when no base box is known.
+
+    The embeddings of a photo's boxes are L2-normalised, averaged and renormalised.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base: Literal["detector", "full_frame"] = "full_frame"
-    boxes: tuple[TTABox, ...] = Field(min_length=1)
+    boxes: tuple[TTABox, ...] = Field(_BOXED, min_length=1)
+    fallback: tuple[TTABox, ...] = Field(_FIXED_CROPS, min_length=1)
 
     @classmethod
-    def detector_default(cls) -> TTAPolicy:
-        """Five boxes around a detected fluke: box, x1.1, x1.2, x1.1 shifted up 5 %, full frame."""
-        return cls(
-            base="detector",
-            boxes=(
-                TTABox(),
-                TTABox(scale=1.1),
-                TTABox(scale=1.2),
-                TTABox(scale=1.1, dy=-0.05),
-                TTABox(kind="full"),
-            ),
-        )
-
-    @classmethod
-    def full_frame_default(cls) -> TTAPolicy:
-        """Five fixed crops without a detector: full frame, centre 90 % and 80 %, 90 % up and down."""
-        return cls(
-            base="full_frame",
-            boxes=(
-                TTABox(),
-                TTABox(scale=0.9),
-                TTABox(scale=0.8),
-                TTABox(scale=0.9, dy=-0.05),
-                TTABox(scale=0.9, dy=0.05),
-            ),
-        )
+    def default(cls, base: Literal["detector", "full_frame"] = "full_frame") -> TTAPolicy:
+        """Five boxes around a base box (box, x1.1, x1.2, x1.1 shifted up 5 %, full frame) and, without
+        one, five fixed crops (full frame, centre 90 % and 80 %, 90 % shifted up and down 5 %)."""
+        return cls(base=base, boxes=_BOXED, fallback=_FIXED_CROPS)
 
     @classmethod
     def single(cls, base: Literal["detector", "full_frame"] = "full_frame") -> TTAPolicy:
-        """One box only (the base box): no TTA."""
-        return cls(base=base, boxes=(TTABox(),))
+        """One box only (the base box, or the full frame): no TTA."""
+        return cls(base=base, boxes=(TTABox(),), fallback=(TTABox(),))
+
+    def describe(self, has_box: bool) -> str:
+        """Human-readable description for ``/ready`` and logs."""
+        specs = self.boxes if has_box else self.fallback
+        source = "detected box" if has_box else "full frame"
+        return f"{len(specs)} boxes around the {source}"
 
 
 def tta_boxes(base_box, width: int, height: int, policy: TTAPolicy) -> np.ndarray:
     """Build the TTA boxes of one photo.
 
     Args:
-        base_box: ``(4,)`` xyxy pixels (the detected box), or ``None`` for the full frame.
+        base_box: ``(4,)`` xyxy pixels (detected or labelled), or ``None``: then ``policy.fallback``
+            is applied to the full frame.
         width, height: size of the upright photo in pixels.
         policy: the TTA policy of the bundle's manifest.
 
     Returns:
-        ``(len(policy.boxes), 4) float32`` boxes, clipped to the photo, each at least 1 px.
+        ``(n_boxes, 4) float32`` boxes, clipped to the photo, each at least 1 px.
     """
     frame = full_frame(width, height)
-    base = frame if base_box is None else clip_box(base_box, width, height)
-    out = np.empty((len(policy.boxes), 4), dtype=np.float32)
-    for i, spec in enumerate(policy.boxes):
+    if base_box is None:
+        base, specs = frame, policy.fallback
+    else:
+        base, specs = clip_box(base_box, width, height), policy.boxes
+    out = np.empty((len(specs), 4), dtype=np.float32)
+    for i, spec in enumerate(specs):
         if spec.kind == "full":
             out[i] = frame
             continue

@@ -30,8 +30,13 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
     """Write ``data`` to ``path`` atomically and durably (temporary file, fsync, rename).
+
+    Args:
+        path: the target file.
+        data: its new content.
+        mode: permission bits of the new file.
 
     Returns:
         The target path.
@@ -43,6 +48,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, mode)  # mkstemp makes 0600; artefacts are read by other users (e.g. a container's)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

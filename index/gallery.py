@@ -106,6 +106,7 @@ class Gallery:
         factory: FAISS factory string (see :class:`index.vectors.VectorIndex`).
         embedding_scoring: ``"centroid"`` or ``"image_max"``.
         model_sha256: checksum of the model whose embeddings the store holds (checked on open).
+        durable: fsync every change (False only for throw-away galleries).
 
     Raises:
         CorruptArtifactError: the store or the index snapshot is unreadable (names the file).
@@ -119,6 +120,7 @@ class Gallery:
         factory: str = "IDMap2,Flat",
         embedding_scoring: EmbeddingScoring = "centroid",
         model_sha256: str | None = None,
+        durable: bool = True,
     ):
         if embedding_scoring not in ("centroid", "image_max"):
             raise ValueError(f"embedding_scoring must be 'centroid' or 'image_max', got {embedding_scoring!r}")
@@ -126,7 +128,7 @@ class Gallery:
         self.dim = int(dim)
         self.factory = factory
         self.scoring = embedding_scoring
-        self.store = GalleryStore(self.folder / STORE_FILE, self.dim, model_sha256)
+        self.store = GalleryStore(self.folder / STORE_FILE, self.dim, model_sha256, durable)
         self._rw = RWLock()
         self._mutate = threading.Lock()
         self._names: dict[int, tuple[str, bool]] = {}

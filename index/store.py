@@ -146,13 +146,15 @@ class GalleryStore:
         dim: embedding dimension; must match the one recorded in the file.
         model_sha256: checksum of the model that produced the embeddings; when given and the file
             records another one, opening fails (the embeddings would not be comparable).
+        durable: fsync every commit (``synchronous=FULL``); False only for throw-away galleries
+            such as training's validation gallery.
 
     Raises:
         CorruptArtifactError: the file is not a readable SQLite database or fails ``quick_check``.
         ManifestMismatchError: the file holds embeddings of another dimension or model.
     """
 
-    def __init__(self, path: str | Path, dim: int, model_sha256: str | None = None):
+    def __init__(self, path: str | Path, dim: int, model_sha256: str | None = None, durable: bool = True):
         self.path = Path(path)
         self.dim = int(dim)
         self._lock = threading.RLock()
@@ -161,7 +163,7 @@ class GalleryStore:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=" + ("FULL" if durable else "OFF"))
             check = self._db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(check)

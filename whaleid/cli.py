@@ -1,7 +1,19 @@
-"""The ``whaleid`` command line. Each subcommand imports its implementation lazily, so that
-``whaleid serve`` never imports torch and ``whaleid --help`` is instant."""
+"""The ``whaleid`` command line.
+
+Each subcommand imports its implementation lazily, so ``whaleid serve`` never imports torch and
+``whaleid --help`` is instant. Domain errors (``core.errors``) are printed as one clear line and
+exit with status 2.
+"""
 
 from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,6 +24,42 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+Images = Annotated[Path, typer.Option("--images", help="Folder of photos.", exists=True, file_okay=False)]
+Labels = Annotated[
+    Path, typer.Option("--labels", help="CSV: Image,Id (Kaggle) or image,whale_id.", exists=True, dir_okay=False)
+]
+Boxes = Annotated[
+    Path | None, typer.Option("--boxes", help="CSV: image,x0,y0,x1,y1 in pixels.", exists=True, dir_okay=False)
+]
+Bundle = Annotated[Path, typer.Argument(help="Bundle folder (manifest.json, model.onnx, gallery/).")]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("faiss.loader", "onnxscript", "onnx_ir", "torch.onnx", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def _domain_errors(fn):
+    """Print whaleid's typed errors as one line (exit 2) instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from core.errors import WhaleidError
+
+        try:
+            return fn(*args, **kwargs)
+        except WhaleidError as exc:
+            typer.secho(f"error: {exc.detail}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
 
 
 @app.command()
@@ -29,8 +77,154 @@ def version() -> None:
             typer.echo(f"  {name} (not installed)")
 
 
+@app.command("synth-data")
+@_domain_errors
+def synth_data(
+    out: Annotated[Path, typer.Argument(help="Output folder (images/, train.csv, boxes.csv).")],
+    identities: int = 40,
+    new_whales: int = 20,
+    seed: int = 0,
+) -> None:
+    """Write the small synthetic fluke data set (Kaggle layout) used by tests and the quickstart."""
+    from training.synthetic import SyntheticSpec, make_synthetic_dataset
+
+    make_synthetic_dataset(out, SyntheticSpec(identities=identities, new_whales=new_whales, seed=seed))
+    typer.echo(f"wrote {out}/images, {out}/train.csv, {out}/boxes.csv")
+
+
+@app.command()
+@_domain_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config, e.g. configs/cpu-small.yaml.", exists=True)],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value (repeatable).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Shortcut for --set data.images=...")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Shortcut for --set data.labels=...")] = None,
+    boxes: Annotated[Path | None, typer.Option(help="Shortcut for --set data.boxes=...")] = None,
+    extra_labels: Annotated[list[Path] | None, typer.Option("--extra-labels", help="Pseudo-label CSVs.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Shortcut for --set run_dir=...")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from RUN_DIR/checkpoints/last.pt.")] = False,
+) -> None:
+    """Train the embedding network (DenseNet121 + ArcFace by default) and evaluate it on validation."""
+    _setup_logging()
+    from training.config import load_config
+    from training.engine import train as run_training
+
+    overrides = list(set_ or [])
+    for key, value in (("data.images", images), ("data.labels", labels), ("data.boxes", boxes), ("run_dir", run_dir)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if extra_labels:
+        overrides.append("data.extra_labels=" + json.dumps([str(p) for p in extra_labels]))
+    cfg = load_config(config, overrides)
+    out = run_training(cfg, resume=resume)
+    ev = out / "eval.json"
+    if ev.exists():
+        _echo_json(json.loads(ev.read_text()))
+    typer.echo(f"run folder: {out}")
+
+
+@app.command()
+@_domain_errors
+def evaluate(
+    target: Annotated[Path, typer.Argument(help="A run folder (torch) or a bundle folder (onnxruntime).")],
+    images: Annotated[Path | None, typer.Option(help="Photos (bundle: required unless it came from a run).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV (bundle).")] = None,
+    boxes: Annotated[Path | None, typer.Option(help="Boxes CSV (bundle).")] = None,
+    untrained: Annotated[bool, typer.Option(help="Run: evaluate a randomly initialised network instead.")] = False,
+    baseline: Annotated[bool, typer.Option(help="Also print the new_whale + 4 most frequent baseline.")] = False,
+    use_threshold: Annotated[bool, typer.Option(help="Bundle: score at the manifest's threshold.")] = False,
+) -> None:
+    """MAP@5 on the validation split of a run, through torch (run) or onnxruntime (bundle)."""
+    _setup_logging()
+    from whaleid import workflows
+
+    _echo_json(workflows.evaluate(target, images, labels, boxes, untrained, baseline, use_threshold))
+
+
+@app.command()
+@_domain_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Training run folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to write.")],
+    fp16: Annotated[bool, typer.Option(help="Also convert weights to float16 (for GPUs).")] = False,
+) -> None:
+    """Export the embedding network (never the head) to ONNX + manifest, verified against torch."""
+    _setup_logging()
+    from training.export import export_bundle
+
+    rep = export_bundle(run_dir, out, fp16=fp16)
+    typer.echo(
+        "onnxruntime vs torch, max abs difference by batch size: "
+        + ", ".join(f"{n}: {d:.2e}" for n, d in rep.max_abs_diff.items())
+    )
+    if rep.fp16_min_cosine is not None:
+        typer.echo(f"fp16 vs fp32, smallest cosine: {rep.fp16_min_cosine:.6f}")
+    typer.echo(f"bundle: {rep.bundle}")
+
+
+@app.command("build-gallery")
+@_domain_errors
+def build_gallery(
+    bundle: Bundle,
+    images: Images,
+    labels: Labels,
+    boxes: Boxes = None,
+    gallery_dir: Annotated[Path | None, typer.Option(help="Gallery folder (default BUNDLE/gallery).")] = None,
+    reset: Annotated[bool, typer.Option(help="Delete the existing gallery first.")] = False,
+) -> None:
+    """Embed labelled photos x their TTA boxes through the bundle's ONNX model and enrol them."""
+    _setup_logging()
+    from whaleid import workflows
+
+    _echo_json(workflows.build_gallery(bundle, images, labels, boxes, gallery_dir, reset))
+
+
+@app.command()
+@_domain_errors
+def calibrate(
+    bundle: Bundle,
+    images: Images,
+    labels: Labels,
+    boxes: Boxes = None,
+    rule: Annotated[str, typer.Option(help="Rule saved in the manifest: max_map5 or new_whale_share.")] = "max_map5",
+    share: Annotated[float, typer.Option(help="Target new_whale share for the share rule.")] = 0.276,
+    mode: Annotated[str, typer.Option(help="Scoring mode to calibrate: embedding, local or fused.")] = "embedding",
+) -> None:
+    """Choose the new_whale threshold on a labelled validation set and write it to the manifest.
+
+    Photos of whales in the gallery are queries for their whale (their own photo left out of the
+    gallery by a leave-one-out rule is not done: use photos that are not enrolled); photos of other
+    whales and new_whale photos must be answered new_whale.
+    """
+    _setup_logging()
+    from whaleid import workflows
+
+    _echo_json(workflows.calibrate(bundle, images, labels, boxes, rule, share, mode))
+
+
+@app.command()
+@_domain_errors
+def serve(
+    bundle: Bundle,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    gallery_dir: Annotated[Path | None, typer.Option(help="Gallery folder (default BUNDLE/gallery).")] = None,
+) -> None:
+    """Serve POST /identify and /gallery for a bundle (settings: WHALEID_* environment variables)."""
+    _setup_logging()
+    os.environ["WHALEID_BUNDLE"] = str(bundle)
+    if gallery_dir is not None:
+        os.environ["WHALEID_GALLERY_DIR"] = str(gallery_dir)
+    from service.main import run
+
+    run(host=host, port=port)
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

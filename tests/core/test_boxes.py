@@ -50,7 +50,7 @@ def test_iou_by_hand():
 
 
 def test_detector_policy_gives_five_boxes_in_order():
-    policy = TTAPolicy.detector_default()
+    policy = TTAPolicy.default("detector")
     boxes = tta_boxes((40, 20, 60, 40), 100, 80, policy)
     assert boxes.shape == (5, 4) and boxes.dtype == np.float32
     np.testing.assert_allclose(boxes[0], [40, 20, 60, 40])
@@ -60,9 +60,10 @@ def test_detector_policy_gives_five_boxes_in_order():
     np.testing.assert_allclose(boxes[4], full_frame(100, 80))
 
 
-def test_full_frame_policy_without_detector():
-    policy = TTAPolicy.full_frame_default()
+def test_fixed_crops_without_a_box():
+    policy = TTAPolicy.default("full_frame")
     boxes = tta_boxes(None, 100, 50, policy)
+    assert boxes.shape == (5, 4)
     np.testing.assert_allclose(boxes[0], [0, 0, 100, 50])
     np.testing.assert_allclose(boxes[1], [5, 2.5, 95, 47.5])
     np.testing.assert_allclose(boxes[2], [10, 5, 90, 45])

@@ -22,7 +22,7 @@ def make_manifest(**kw) -> Manifest:
         model_version="test-1",
         model=ModelSpec(sha256="0" * 64, architecture="densenet121", embedding_dim=512),
         preprocess=PreprocessSpec(input_size=(64, 128)),
-        tta=TTAPolicy.full_frame_default(),
+        tta=TTAPolicy.default(),
         thresholds={"embedding": ThresholdSpec(value=0.42, rule="max_map5", val_map5=0.5)},
         **kw,
     )
