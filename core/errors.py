@@ -121,6 +121,12 @@ class InvalidIdentityError(WhaleidError):
     code = "invalid_whale_id"
 
 
+class InvalidRequestError(WhaleidError):
+    """A request that cannot be served as asked (e.g. a scoring mode this bundle lacks)."""
+
+    code = "invalid_request"
+
+
 class ConfigError(WhaleidError):
     """A configuration file or option is invalid (unknown key, wrong type, bad value)."""
 

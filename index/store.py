@@ -6,7 +6,8 @@ thumbnail and the photo's local features. The store is the source of truth; the 
 :mod:`index.gallery` is rebuilt from it when its snapshot is stale.
 
 Durability: WAL journal with ``synchronous=FULL``, so a committed transaction is fsynced before
-``commit()`` returns; a ``kill -9`` afterwards loses nothing.
+``commit()`` returns; a ``kill -9`` afterwards loses nothing. Ids are ``AUTOINCREMENT``: an image
+or identity id is never reused after a deletion (thumbnail URLs stay cacheable).
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ _WHALE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS identities (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     whale_id TEXT NOT NULL UNIQUE,
     flipped INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
     sha256 TEXT NOT NULL,
     source TEXT,
@@ -397,6 +398,19 @@ class GalleryStore:
         with self._lock:
             rows = self._db.execute("SELECT id FROM images WHERE identity_id=?", (int(identity_id),)).fetchall()
         return {int(r[0]) for r in rows}
+
+    def embeddings_with_ids(self, identity_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """One identity's photos: ``(image_ids (n,) int64, embeddings (n, d) float32)``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, embedding FROM images WHERE identity_id=? ORDER BY id", (int(identity_id),)
+            ).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64), self._stack(r[1] for r in rows)
+
+    def image_sha256(self, image_id: int) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT sha256 FROM images WHERE id=?", (int(image_id),)).fetchone()
+        return None if row is None else row[0]
 
     def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every photo: ``(image_ids (n,) int64, identity_ids (n,) int64, embeddings (n, d) float32)``."""

@@ -9,10 +9,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FLUKES = SHARED / "data" / "flukes"
-ODD_IMAGES = SHARED / "data" / "odd-images"
+from helpers import FLUKES, ODD_IMAGES, REPO  # noqa: E402
 
 
 def _need(path: Path) -> Path:
@@ -29,3 +26,72 @@ def odd_images_dir() -> Path:
 @pytest.fixture(scope="session")
 def flukes_dir() -> Path:
     return _need(FLUKES / "labels.csv").parent
+
+
+def pytest_configure(config):
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+@pytest.fixture(scope="session")
+def real_subset(tmp_path_factory):
+    """A labelled subset of the real 2018 playground photos (../shared, read-only, never copied):
+    40 identities with >= 3 photos (3 each, the gallery), plus 10 further identities with 2 photos
+    each (never enrolled: for enrolment tests). Returns a dict of paths and lists."""
+    import csv
+    from collections import defaultdict
+
+    root = _need(FLUKES / "playground2018" / "labels.csv").parent
+    by_id = defaultdict(list)
+    with open(root / "labels.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            if r["whale_id"] != "new_whale":
+                by_id[r["whale_id"]].append(r["image"])
+    multi = sorted(w for w, imgs in by_id.items() if len(imgs) >= 3)
+    gallery_ids, spare_ids = multi[:40], [w for w in sorted(by_id) if len(by_id[w]) == 2][:10]
+    out = tmp_path_factory.mktemp("real-subset")
+    gallery_rows = [(img, w) for w in gallery_ids for img in sorted(by_id[w])[:3]]
+    with open(out / "gallery.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("image", "whale_id"), *gallery_rows])
+    return {
+        "images": root / "images",
+        "boxes": root / "boxes.csv",
+        "gallery_csv": out / "gallery.csv",
+        "gallery_rows": gallery_rows,
+        "spare": {w: sorted(by_id[w]) for w in spare_ids},
+    }
+
+
+@pytest.fixture(scope="session")
+def real_bundle(real_subset, tmp_path_factory):
+    """A bundle trained briefly on real photos (ResNet18 at 64x128, about a minute on 2 cores),
+    exported to ONNX, with a gallery of 40 real whales x 3 photos. Read-only for tests: copy its
+    gallery folder before changing it (see ``gallery_copy``)."""
+    from core.manifest import ThresholdSpec, load_manifest
+    from training.config import load_config
+    from training.engine import train
+    from training.export import export_bundle
+    from whaleid.workflows import build_gallery
+
+    work = tmp_path_factory.mktemp("real-bundle")
+    cfg = load_config(
+        REPO / "configs" / "cpu-small.yaml",
+        [
+            f"run_dir={work / 'run'}",
+            f"data.images={real_subset['images']}",
+            f"data.labels={real_subset['gallery_csv']}",
+            "data.val_open_fraction=0.0",
+            "data.val_closed_fraction=0.0",
+            "model.backbone=resnet18",
+            "model.embedding_dim=128",
+            'stages=[{"name": "s1", "epochs": 12, "min_images": 1}]',
+            "head.margin_warmup_epochs=4",
+            "optim.batch_size=24",
+        ],
+    )
+    train(cfg, progress=False, evaluate_at_end=False)
+    bundle = work / "bundle"
+    export_bundle(work / "run", bundle)
+    m = load_manifest(bundle)
+    m.model_copy(update={"thresholds": {"embedding": ThresholdSpec(value=0.5, rule="manual")}}).save(bundle)
+    build_gallery(bundle, real_subset["images"], real_subset["gallery_csv"], progress=False)
+    return bundle

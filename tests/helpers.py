@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FLUKES = SHARED / "data" / "flukes"
+ODD_IMAGES = SHARED / "data" / "odd-images"
 
 
 def png_bytes(arr: np.ndarray, mode: str | None = None, **save) -> bytes:

@@ -58,6 +58,16 @@ def _domain_errors(fn):
     return wrapper
 
 
+def _installed(name: str) -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version(name)
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
 def _echo_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
@@ -70,11 +80,17 @@ def version() -> None:
     import whaleid
 
     typer.echo(f"whaleid {whaleid.__version__}")
-    for name in ("numpy", "pillow", "onnxruntime", "faiss-cpu", "fastapi", "torch", "timm"):
-        try:
-            typer.echo(f"  {name} {md.version(name)}")
-        except md.PackageNotFoundError:
-            typer.echo(f"  {name} (not installed)")
+    for names in (
+        ("numpy",),
+        ("pillow",),
+        ("onnxruntime", "onnxruntime-gpu"),
+        ("faiss-cpu", "faiss-gpu"),
+        ("fastapi",),
+        ("torch",),
+        ("timm",),
+    ):
+        found = [f"{n} {md.version(n)}" for n in names if _installed(n)]
+        typer.echo("  " + (", ".join(found) if found else f"{names[0]} (not installed)"))
 
 
 @app.command("synth-data")
@@ -189,17 +205,17 @@ def calibrate(
     rule: Annotated[str, typer.Option(help="Rule saved in the manifest: max_map5 or new_whale_share.")] = "max_map5",
     share: Annotated[float, typer.Option(help="Target new_whale share for the share rule.")] = 0.276,
     mode: Annotated[str, typer.Option(help="Scoring mode to calibrate: embedding, local or fused.")] = "embedding",
+    gallery_dir: Annotated[Path | None, typer.Option(help="Gallery folder (default BUNDLE/gallery).")] = None,
 ) -> None:
-    """Choose the new_whale threshold on a labelled validation set and write it to the manifest.
+    """Choose the new_whale threshold on labelled photos and write it to the manifest.
 
-    Photos of whales in the gallery are queries for their whale (their own photo left out of the
-    gallery by a leave-one-out rule is not done: use photos that are not enrolled); photos of other
-    whales and new_whale photos must be answered new_whale.
+    A photo of a whale in the gallery is a query for that whale; a photo of any other whale (or a
+    new_whale photo) must be answered new_whale. Photos already enrolled (same bytes) are skipped.
     """
     _setup_logging()
     from whaleid import workflows
 
-    _echo_json(workflows.calibrate(bundle, images, labels, boxes, rule, share, mode))
+    _echo_json(workflows.calibrate(bundle, images, labels, boxes, rule, share, mode, gallery_dir))
 
 
 @app.command()

@@ -55,8 +55,9 @@ def build_gallery(bundle, images, labels, boxes=None, gallery_dir=None, reset=Fa
     """``whaleid build-gallery``: enrol labelled photos into the bundle's gallery, then snapshot its index."""
     manifest = load_manifest(bundle)
     folder = gallery_folder(bundle, manifest, gallery_dir)
-    if reset and folder.exists():
-        shutil.rmtree(folder)
+    if reset and folder.exists():  # empty it (it may be a mount point: keep the folder itself)
+        for child in folder.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
     gallery = Gallery.for_manifest(folder, manifest)
     embedder = bundle_embedder(bundle, manifest)
     local = None

@@ -1,0 +1,67 @@
+"""Service settings: one ``Settings`` class, read from ``WHALEID_*`` environment variables.
+
+Validated at start-up: a missing bundle, a bundle without ``manifest.json`` or a nonsensical limit
+stops the service before it listens, with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Service configuration (environment variables ``WHALEID_<NAME>``, case-insensitive).
+
+    Attributes:
+        bundle: bundle folder (``manifest.json``, ``model.onnx``...). ``WHALEID_BUNDLE``.
+        gallery_dir: gallery folder (default: the bundle's ``gallery/``); put it on its own volume
+            to keep the bundle read-only.
+        api_key: when set, ``POST``/``DELETE`` on ``/gallery`` need it in the ``X-API-Key`` header.
+        max_upload_bytes: largest photo accepted, in bytes (enforced while the body streams in).
+        max_request_bytes: largest ``POST /gallery`` body (several photos), in bytes.
+        max_image_pixels: largest ``width * height`` accepted, checked before decoding.
+        max_files: most photos per ``POST /gallery``.
+        batch_max_boxes: most boxes per onnxruntime call when concurrent requests are micro-batched.
+        batch_wait_ms: how long the first request of a batch waits for others, in milliseconds.
+        providers: onnxruntime providers in order (default: CUDA when available, then CPU).
+        intra_op_threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+        scoring: default scoring mode (default: the manifest's).
+        thumbnail_px: longest side of the thumbnails kept for enrolled photos, in pixels.
+        snapshot_every: save the gallery's FAISS snapshot after this many changes (and at shutdown).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="WHALEID_", case_sensitive=False, extra="ignore")
+
+    bundle: Path
+    gallery_dir: Path | None = None
+    api_key: SecretStr | None = None
+    max_upload_bytes: int = Field(20 * MiB, gt=0)
+    max_request_bytes: int = Field(100 * MiB, gt=0)
+    max_image_pixels: int = Field(40_000_000, gt=0)
+    max_files: int = Field(20, gt=0, le=1000)
+    batch_max_boxes: int = Field(40, gt=0, le=4096)
+    batch_wait_ms: float = Field(3.0, ge=0, le=1000)
+    providers: list[str] | None = None
+    intra_op_threads: int | None = Field(None, gt=0)
+    scoring: Literal["embedding", "local", "fused"] | None = None
+    thumbnail_px: int = Field(256, ge=32, le=2048)
+    snapshot_every: int = Field(100, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("bundle")
+    @classmethod
+    def _bundle_exists(cls, v: Path) -> Path:
+        if not (v / "manifest.json").is_file():
+            raise ValueError(f"WHALEID_BUNDLE={v} is not a bundle folder (no manifest.json in it)")
+        return v
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value() else None

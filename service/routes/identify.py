@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Query, UploadFile
+
+from service.deps import Service
+from service.schemas import ERRORS, IdentifyResponse
+
+router = APIRouter(tags=["identify"])
+
+
+@router.post(
+    "/identify",
+    response_model=IdentifyResponse,
+    response_model_exclude_none=True,
+    responses={k: v for k, v in ERRORS.items() if k not in (401, 403, 404)},
+    summary="Identify a fluke photo",
+)
+async def identify(
+    service: Service,
+    file: Annotated[UploadFile, File(description="The fluke photo (JPEG, PNG, WebP, BMP, GIF, TIFF, AVIF).")],
+    k: Annotated[int, Query(ge=1, le=20, description="How many ranked entries (new_whale included).")] = 5,
+    threshold: Annotated[
+        float | None,
+        Query(ge=-1.0, le=1.0, description="new_whale threshold (default: the bundle's for the scoring mode)."),
+    ] = None,
+    scoring: Annotated[
+        Literal["embedding", "local", "fused"] | None, Query(description="Scoring mode (default: the bundle's).")
+    ] = None,
+    explain: Annotated[bool, Query(description="Include matched keypoint pairs (local and fused modes).")] = False,
+) -> dict:
+    """Embed the photo through its TTA boxes (multi-box TTA) and return the top-k identities of the gallery,
+    with `new_whale` inserted at the first rank whose score falls below the threshold.
+
+    Example: `curl -F file=@fluke.jpg http://127.0.0.1:8000/identify`
+    """
+    data = await file.read()
+    return await service.identify(data, k=k, threshold=threshold, scoring=scoring, explain=explain)

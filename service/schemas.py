@@ -1,0 +1,161 @@
+"""Response models of the API (they drive the OpenAPI docs and their examples)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Evidence(BaseModel):
+    """Why a candidate is ranked where it is. Fields absent in a scoring mode are left out."""
+
+    model_config = ConfigDict(extra="allow")
+
+    embedding_similarity: float | None = Field(None, description="Cosine similarity of the embeddings, -1..1.")
+    inliers: int | None = Field(None, description="RANSAC inliers of the local-feature match with the best photo.")
+    local_score: float | None = Field(None, description="Calibrated local-match probability, 0..1.")
+    fused_score: float | None = Field(None, description="Calibrated fusion of embedding and local scores, 0..1.")
+    best_image_id: int | None = Field(None, description="The candidate's gallery photo that matches best.")
+    keypoint_pairs: list[list[list[float]]] | None = Field(
+        None, description="With explain=true: inlier pairs [[x_query, y_query], [x_gallery, y_gallery]] in pixels."
+    )
+
+
+class Prediction(BaseModel):
+    rank: int = Field(description="1 is the best.")
+    whale_id: str = Field(description="A gallery identity, or new_whale.")
+    score: float = Field(description="The scoring mode's score; new_whale carries the threshold.")
+    evidence: Evidence | None = None
+
+
+class IdentifyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "predictions": [
+                    {
+                        "rank": 1,
+                        "whale_id": "w_1287fbc",
+                        "score": 0.8123,
+                        "evidence": {"embedding_similarity": 0.8123, "best_image_id": 42},
+                    },
+                    {"rank": 2, "whale_id": "new_whale", "score": 0.55},
+                    {
+                        "rank": 3,
+                        "whale_id": "w_98baff9",
+                        "score": 0.5012,
+                        "evidence": {"embedding_similarity": 0.5012, "best_image_id": 7},
+                    },
+                    {
+                        "rank": 4,
+                        "whale_id": "w_7554f44",
+                        "score": 0.4721,
+                        "evidence": {"embedding_similarity": 0.4721, "best_image_id": 13},
+                    },
+                    {
+                        "rank": 5,
+                        "whale_id": "w_1eafe46",
+                        "score": 0.4420,
+                        "evidence": {"embedding_similarity": 0.442, "best_image_id": 99},
+                    },
+                ],
+                "boxes": [[120.0, 80.5, 910.0, 402.0], [80.5, 48.4, 949.5, 434.1]],
+                "detected_box": [120.0, 80.5, 910.0, 402.0],
+                "image_size": [1050, 525],
+                "exif_rotated": False,
+                "threshold": 0.55,
+                "scoring": "embedding",
+                "model_version": "densenet121-cpu-small-1a2b3c4d",
+                "timing_ms": {"decode": 6.1, "boxes": 9.8, "embed": 120.4, "search": 0.4, "total": 140.2},
+            }
+        }
+    )
+
+    predictions: list[Prediction] = Field(
+        description="Top-k distinct identities, best first, new_whale placed by the threshold."
+    )
+    boxes: list[list[float]] = Field(
+        description="The TTA boxes embedded, [x0, y0, x1, y1] pixels on the upright photo."
+    )
+    detected_box: list[float] | None = Field(description="The detector's box, when the bundle has a detector.")
+    image_size: list[int] = Field(description="[width, height] of the upright photo in pixels.")
+    exif_rotated: bool
+    threshold: float = Field(description="The new_whale threshold used.")
+    scoring: str = Field(description="embedding, local or fused.")
+    model_version: str
+    timing_ms: dict[str, float] = Field(description="Milliseconds per stage: decode, boxes, embed, search, total.")
+
+
+class EnrolResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "whale_id": "whale-00012",
+                "images_added": 2,
+                "image_ids": [311, 312],
+                "duplicates": 0,
+                "images_total": 2,
+                "gallery_size": 1085,
+            }
+        }
+    )
+
+    whale_id: str
+    images_added: int
+    image_ids: list[int]
+    duplicates: int = Field(description="Photos already stored for this whale (same bytes): not added again.")
+    images_total: int
+    gallery_size: int = Field(description="Identities in the gallery after the change.")
+
+
+class WhaleSummary(BaseModel):
+    whale_id: str
+    images: int
+    created_at: str
+
+
+class GalleryPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    whales: list[WhaleSummary]
+
+
+class ImageInfo(BaseModel):
+    image_id: int
+    sha256: str
+    source: str | None
+    box: list[float] | None = Field(description="The box embedded first, [x0, y0, x1, y1] pixels.")
+    added_at: str
+    thumbnail_url: str | None
+
+
+class WhaleDetail(BaseModel):
+    whale_id: str
+    images: list[ImageInfo]
+
+
+class Deleted(BaseModel):
+    whale_id: str
+    image_id: int | None = None
+    identity_deleted: bool
+    gallery_size: int
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"detail": "empty upload: the file has no bytes", "code": "empty_upload"}}
+    )
+
+    detail: str
+    code: str | None = None
+
+
+ERRORS = {
+    400: {"model": ErrorBody, "description": "Empty upload or missing file."},
+    401: {"model": ErrorBody, "description": "Missing API key."},
+    403: {"model": ErrorBody, "description": "Wrong API key."},
+    404: {"model": ErrorBody, "description": "Unknown whale or image."},
+    413: {"model": ErrorBody, "description": "Upload over the byte or pixel limit."},
+    415: {"model": ErrorBody, "description": "Not an image, or an unsupported format."},
+    422: {"model": ErrorBody, "description": "Undecodable or truncated image; invalid parameter or whale id."},
+}
