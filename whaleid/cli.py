@@ -236,6 +236,77 @@ def serve(
     run(host=host, port=port)
 
 
+@app.command("train-detector")
+@_domain_errors
+def train_detector(
+    out: Annotated[Path, typer.Option("--out", help="Detector run folder.")],
+    images: Annotated[list[Path], typer.Option("--images", help="Photo folder (repeat, paired with --boxes).")],
+    boxes: Annotated[list[Path], typer.Option("--boxes", help="Boxes CSV image,x0,y0,x1,y1 (repeatable).")],
+    backbone: Annotated[str, typer.Option(help="timm backbone name.")] = "resnet18",
+    input_h: Annotated[int, typer.Option(help="Input height in pixels.")] = 128,
+    input_w: Annotated[int, typer.Option(help="Input width in pixels.")] = 256,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Photos per step.")] = 32,
+    seed: Annotated[int, typer.Option(help="Split and init seed.")] = 0,
+) -> None:
+    """Train the fluke box regressor on photos with boxes; prints validation mean IoU beside the full frame's."""
+    _setup_logging()
+    if len(images) != len(boxes):
+        raise typer.BadParameter("give one --boxes per --images")
+    from training.detector import DetectorConfig
+    from training.detector import train_detector as run
+
+    cfg = DetectorConfig(box_csvs=[[str(i), str(b)] for i, b in zip(images, boxes, strict=True)], backbone=backbone,
+                         input_size=[input_h, input_w], epochs=epochs, batch_size=batch_size, seed=seed)
+    rep = run(cfg, out)
+    _echo_json({k: rep[k] for k in ("train_photos", "val_photos", "train_seconds", "val")})
+
+
+@app.command("export-detector")
+@_domain_errors
+def export_detector(
+    run_dir: Annotated[Path, typer.Argument(help="Detector run folder (from train-detector).")],
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle to add detector.onnx to.")],
+) -> None:
+    """Add the detector to a bundle; its TTA boxes then surround the detected fluke."""
+    _setup_logging()
+    from training.detector import export_detector as run
+
+    _echo_json(run(run_dir, bundle))
+
+
+@app.command("detect-boxes")
+@_domain_errors
+def detect_boxes(
+    bundle: Bundle,
+    images: Images,
+    out: Annotated[Path, typer.Option("--out", help="Boxes CSV to write (image,x0,y0,x1,y1).")],
+) -> None:
+    """Write the bundle detector's box for every photo of a folder (e.g. to train on photos without boxes)."""
+    _setup_logging()
+    from whaleid import workflows
+
+    typer.echo(f"{workflows.detect_boxes(bundle, images, out)} boxes written to {out}")
+
+
+@app.command()
+@_domain_errors
+def quickstart(
+    images: Annotated[Path | None, typer.Option(help="Your photos (Kaggle layout); default: a synthetic set.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV for --images.")] = None,
+    boxes: Annotated[Path | None, typer.Option(help="Optional boxes CSV for --images.")] = None,
+    home: Annotated[Path, typer.Option(help="Working folder (data, run, bundle).")] = Path("artifacts/quickstart"),
+    host: Annotated[str, typer.Option(help="Interface to serve on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    serve: Annotated[bool, typer.Option(help="Serve after building.")] = True,
+) -> None:
+    """Build a small bundle (synthetic photos by default, or yours), then serve it with curl examples."""
+    _setup_logging()
+    from whaleid.quickstart import quickstart as run_quickstart
+
+    run_quickstart(images, labels, boxes, home, host, port, serve)
+
+
 def main() -> None:
     try:
         app()

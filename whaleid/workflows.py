@@ -184,3 +184,31 @@ def _run_images(run_dir: Path) -> Path:
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     return Path(cfg["data"]["images"])
+
+
+def detect_boxes(bundle, images, out, progress=True) -> int:
+    """``whaleid detect-boxes``: the detector's box for every readable photo of a folder, as a CSV."""
+    import csv
+
+    from tqdm import tqdm
+
+    from core.preprocess import load_image_file
+    from index.build import FOLDER_LIMITS
+    from index.detector import OnnxBoxDetector
+
+    manifest = load_manifest(bundle)
+    detector = OnnxBoxDetector.from_bundle(bundle, manifest)
+    names = sorted(p.name for p in Path(images).iterdir() if p.is_file())
+    n = 0
+    with open(out, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "x0", "y0", "x1", "y1"])
+        for name in tqdm(names, desc="boxes", unit="photo", disable=not progress):
+            try:
+                pixels = load_image_file(Path(images) / name, FOLDER_LIMITS).pixels
+            except Exception:  # noqa: BLE001 - unreadable files are skipped
+                continue
+            box = detector.detect([pixels])[0]
+            writer.writerow([name, *(round(float(v), 1) for v in box)])
+            n += 1
+    return n

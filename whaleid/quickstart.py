@@ -1,0 +1,114 @@
+"""``whaleid quickstart``: from nothing to a serving bundle on one machine.
+
+1. data: the synthetic fluke set (default) or your photos (``--images DIR --labels CSV``);
+2. train ``configs/cpu-small.yaml`` (a few minutes on 2 CPU cores);
+3. export the bundle (ONNX + manifest, verified against torch);
+4. build the gallery from every labelled photo;
+5. serve on 127.0.0.1:8000 and print ``curl`` examples.
+
+A bundle that already exists is served as it is (delete the folder to rebuild it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+
+from core.manifest import MANIFEST_NAME
+
+DEFAULT_HOME = Path("artifacts") / "quickstart"
+
+
+def config_path() -> Path:
+    """``configs/cpu-small.yaml`` of the checkout, or the copy shipped inside the package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "configs" / "cpu-small.yaml", here / "configs" / "cpu-small.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("configs/cpu-small.yaml not found next to the whaleid package")
+
+
+def _step(n: int, text: str) -> float:
+    typer.secho(f"[{n}/5] {text}", fg=typer.colors.CYAN, bold=True)
+    return time.perf_counter()
+
+
+def build(home: Path, images: Path | None, labels: Path | None, boxes: Path | None) -> Path:
+    """Steps 1 to 4; returns the bundle folder."""
+    from training.config import load_config
+    from training.engine import train
+    from training.export import export_bundle
+    from training.synthetic import make_synthetic_dataset
+    from whaleid.workflows import build_gallery
+
+    bundle = home / "bundle"
+    t = _step(1, "data")
+    if images is None:
+        data = home / "synthetic"
+        if not (data / "train.csv").exists():
+            make_synthetic_dataset(data)
+        images, labels, boxes = data / "images", data / "train.csv", data / "boxes.csv"
+        typer.echo(f"      synthetic set in {data} ({sum(1 for _ in images.iterdir())} photos)")
+    else:
+        typer.echo(f"      photos {images}, labels {labels}" + (f", boxes {boxes}" if boxes else ""))
+    t = _step(2, f"train {config_path().name} (progress below; about 3 minutes on 2 cores for the synthetic set)")
+    overrides = [f"run_dir={home / 'run'}", f"data.images={images}", f"data.labels={labels}"]
+    if boxes:
+        overrides.append(f"data.boxes={boxes}")
+    cfg = load_config(config_path(), overrides)
+    resume = (home / "run" / "checkpoints" / "last.pt").exists() and not (home / "run" / "eval.json").exists()
+    run = train(cfg, resume=resume)
+    ev = json.loads((run / "eval.json").read_text())
+    typer.echo(f"      validation MAP@5 {ev['map5']:.3f}, new_whale threshold {ev['threshold']:.3f} "
+               f"({time.perf_counter() - t:.0f} s)")
+    t = _step(3, "export the bundle (ONNX, verified against torch)")
+    rep = export_bundle(run, bundle)
+    typer.echo(f"      max |onnxruntime - torch| = {max(rep.max_abs_diff.values()):.1e} "
+               f"({time.perf_counter() - t:.0f} s)")
+    t = _step(4, "build the gallery")
+    stats = build_gallery(bundle, images, labels, boxes, reset=True)
+    typer.echo(f"      {stats['identities']} whales, {stats['photos']} photos ({time.perf_counter() - t:.0f} s)")
+    return bundle
+
+
+def curl_examples(host: str, port: int, photo: Path | None) -> str:
+    url = f"http://{host}:{port}"
+    example = str(photo) if photo else "fluke.jpg"
+    return "\n".join([
+        f"  review page:     {url}/        API docs: {url}/docs",
+        f"  identify:        curl -F file=@{example} {url}/identify",
+        f"  enrol a whale:   curl -F files=@{example} -F whale_id=my-whale-1 {url}/gallery",
+        f"  list the whales: curl {url}/gallery",
+    ])
+
+
+def quickstart(images: Path | None, labels: Path | None, boxes: Path | None, home: Path = DEFAULT_HOME,
+               host: str = "127.0.0.1", port: int = 8000, serve: bool = True) -> Path:
+    """Build the quickstart bundle when missing, then serve it (see the module docstring)."""
+    if (images is None) != (labels is None):
+        raise typer.BadParameter("--images and --labels go together")
+    home = Path(home)
+    bundle = home / "bundle"
+    t0 = time.perf_counter()
+    if (bundle / MANIFEST_NAME).exists() and (bundle / "gallery").exists():
+        typer.echo(f"bundle {bundle} exists: serving it (delete the folder to rebuild)")
+    else:
+        bundle = build(home, images, labels, boxes)
+        typer.secho(f"bundle ready in {time.perf_counter() - t0:.0f} s: {bundle}", fg=typer.colors.GREEN)
+    example = None
+    photos = images or home / "synthetic" / "images"
+    if photos.is_dir():
+        example = next(iter(sorted(photos.iterdir())), None)
+    _step(5, f"serve on http://{host}:{port} (Ctrl-C stops)")
+    typer.echo(curl_examples(host, port, example))
+    if serve:
+        import os
+
+        os.environ["WHALEID_BUNDLE"] = str(bundle)
+        from service.main import run
+
+        run(host=host, port=port)
+    return bundle
