@@ -129,6 +129,8 @@ class Split:
     val_closed: list[Photo] = field(default_factory=list)
     val_open: list[Photo] = field(default_factory=list)
     val_new_whale: list[Photo] = field(default_factory=list)
+    #: new_whale photos not used for validation (negatives for the binary head)
+    train_new_whale: list[Photo] = field(default_factory=list)
 
     def queries(self) -> list[tuple[Photo, str]]:
         """Validation queries with their truth (the whale id, or ``new_whale``)."""
@@ -190,7 +192,9 @@ def split_by_identity(
         out.train.extend(group)
     new_whales.sort(key=lambda p: p.image)
     rng.shuffle(new_whales)
-    out.val_new_whale = new_whales[: int(round(val_new_whale_fraction * len(new_whales)))]
+    n_val_new = int(round(val_new_whale_fraction * len(new_whales)))
+    out.val_new_whale = new_whales[:n_val_new]
+    out.train_new_whale = new_whales[n_val_new:]
     return out
 
 
@@ -200,7 +204,7 @@ def split_to_json(split: Split) -> dict:
     def rows(photos):
         return [[p.image, p.whale_id, list(p.box) if p.box else None, p.pseudo] for p in photos]
 
-    return {k: rows(getattr(split, k)) for k in ("train", "val_closed", "val_open", "val_new_whale")}
+    return {k: rows(getattr(split, k)) for k in ("train", "val_closed", "val_open", "val_new_whale", "train_new_whale")}
 
 
 def split_from_json(data: dict) -> Split:

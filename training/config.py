@@ -34,6 +34,8 @@ class DataConfig:
         val_new_whale_fraction: share of ``new_whale`` photos used as validation queries.
         max_images: keep at most this many labelled photos (0: all), chosen at random (seeded).
         flip_identities: a horizontally flipped photo is a different identity (classes doubled).
+        new_whale_negatives: with the binary head, train on the new_whale photos not used for
+            validation as negatives of every class (1st place).
         cache_max_side_px: photos are cached in memory downscaled to this longest side (0: no cache).
         num_workers: DataLoader worker processes.
     """
@@ -47,6 +49,7 @@ class DataConfig:
     val_new_whale_fraction: float = 1.0
     max_images: int = 0
     flip_identities: bool = True
+    new_whale_negatives: bool = True
     cache_max_side_px: int = 512
     num_workers: int = 0
 

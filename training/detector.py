@@ -168,8 +168,10 @@ class BoxDataset(Dataset):
             frame = np.array([x0, y0, x1, y1], np.float32)
         crop = crop_resize(pixels, frame, self.spec.input_size, self.spec.interpolation).astype(np.float32)
         fw, fh = frame[2] - frame[0], frame[3] - frame[1]
-        target = np.array([(box[0] - frame[0]) / fw, (box[1] - frame[1]) / fh, (box[2] - frame[0]) / fw,
-                           (box[3] - frame[1]) / fh], np.float32).clip(0, 1)
+        target = np.array(
+            [(box[0] - frame[0]) / fw, (box[1] - frame[1]) / fh, (box[2] - frame[0]) / fw, (box[3] - frame[1]) / fh],
+            np.float32,
+        ).clip(0, 1)
         if self.train:
             if rng.random() < 0.5:
                 crop = crop[:, ::-1]
@@ -198,8 +200,13 @@ def evaluate_detector(model: BoxRegressor, photos: list[BoxedPhoto], cfg: Detect
     p, t = np.concatenate(preds), np.concatenate(targets)
     full = np.tile(np.array([[0, 0, 1, 1]], np.float32), (len(t), 1))
     iou = box_iou(p, t)
-    return {"photos": len(t), "mean_iou": float(iou.mean()), "median_iou": float(np.median(iou)),
-            "iou_over_0.5": float((iou > 0.5).mean()), "full_frame_mean_iou": mean_iou(full, t)}
+    return {
+        "photos": len(t),
+        "mean_iou": float(iou.mean()),
+        "median_iou": float(np.median(iou)),
+        "iou_over_0.5": float((iou > 0.5).mean()),
+        "full_frame_mean_iou": mean_iou(full, t),
+    }
 
 
 def train_detector(cfg: DetectorConfig, out_dir: str | Path, progress: bool = True) -> dict:
@@ -242,12 +249,19 @@ def train_detector(cfg: DetectorConfig, out_dir: str | Path, progress: bool = Tr
         if (epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs:
             val = evaluate_detector(model, val_set, cfg)
             history.append({"epoch": epoch + 1, **val})
-            bar.write(f"epoch {epoch + 1}: val mean IoU {val['mean_iou']:.3f} "
-                      f"(full frame {val['full_frame_mean_iou']:.3f})")
+            bar.write(
+                f"epoch {epoch + 1}: val mean IoU {val['mean_iou']:.3f} (full frame {val['full_frame_mean_iou']:.3f})"
+            )
     bar.close()
-    report = {"config": asdict(cfg), "train_photos": len(train_set), "val_photos": len(val_set),
-              "train_seconds": round(time.time() - t0, 1), "val": history[-1], "history": history,
-              "val_images": [[p.folder, p.image] for p in val_set]}
+    report = {
+        "config": asdict(cfg),
+        "train_photos": len(train_set),
+        "val_photos": len(val_set),
+        "train_seconds": round(time.time() - t0, 1),
+        "val": history[-1],
+        "history": history,
+        "val_images": [[p.folder, p.image] for p in val_set],
+    }
     torch.save({"model": model.state_dict(), "config": asdict(cfg)}, out / "detector.pt")
     atomic_write_json(out / "detector.json", report)
     return report
@@ -283,9 +297,17 @@ def export_detector(run_dir: str | Path, bundle: str | Path, atol: float = 1e-4)
     manifest = load_manifest(bundle)
     path = bundle / DETECTOR_FILE
     h, w = cfg.input_size
-    program = torch.onnx.export(model, (torch.zeros(2, 3, h, w),), input_names=["input"], output_names=["box"],
-                                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}},
-                                opset_version=18, dynamo=True, external_data=False, verbose=False)
+    program = torch.onnx.export(
+        model,
+        (torch.zeros(2, 3, h, w),),
+        input_names=["input"],
+        output_names=["box"],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}},
+        opset_version=18,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
     program.save(str(path), external_data=False)
     onnx.checker.check_model(str(path), full_check=True)
     x = np.random.default_rng(0).normal(size=(3, 3, h, w)).astype(np.float32)
@@ -296,10 +318,15 @@ def export_detector(run_dir: str | Path, bundle: str | Path, atol: float = 1e-4)
     if diff > atol:
         path.unlink()
         raise RuntimeError(f"detector.onnx differs from torch by {diff:.2e} (> {atol})")
-    spec = DetectorSpec(sha256=sha256_file(path), architecture=cfg.backbone, preprocess=cfg.spec(),
-                        val_mean_iou=report.get("val", {}).get("mean_iou"))
+    spec = DetectorSpec(
+        sha256=sha256_file(path),
+        architecture=cfg.backbone,
+        preprocess=cfg.spec(),
+        val_mean_iou=report.get("val", {}).get("mean_iou"),
+    )
     manifest.model_copy(update={"detector": spec, "tta": manifest.tta.model_copy(update={"base": "detector"})}).save(
-        bundle)
+        bundle
+    )
     return {"detector": str(path), "max_abs_diff": diff, "val_mean_iou": spec.val_mean_iou}
 
 

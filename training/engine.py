@@ -340,6 +340,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, evaluat
     for si, stage in enumerate(cfg.stages):
         cmap = class_map(split.train, stage.min_images, cfg.data.flip_identities)
         samples = cmap.samples(split.train)
+        if cfg.head.kind == "binary" and cfg.data.new_whale_negatives:
+            # 1st place: new_whale photos are negatives of every class (label -1), mirrored too
+            samples += [
+                (p, -1, flip)
+                for p in split.train_new_whale
+                for flip in ((False, True) if cfg.data.flip_identities else (False,))
+            ]
         per_rank_batch = cfg.optim.batch_size
         sampler = EpochBatchSampler(len(samples), per_rank_batch, cfg.seed + 7919 * si, ddp.rank, ddp.world)
         steps_per_epoch = len(sampler)

@@ -256,8 +256,14 @@ def train_detector(
     from training.detector import DetectorConfig
     from training.detector import train_detector as run
 
-    cfg = DetectorConfig(box_csvs=[[str(i), str(b)] for i, b in zip(images, boxes, strict=True)], backbone=backbone,
-                         input_size=[input_h, input_w], epochs=epochs, batch_size=batch_size, seed=seed)
+    cfg = DetectorConfig(
+        box_csvs=[[str(i), str(b)] for i, b in zip(images, boxes, strict=True)],
+        backbone=backbone,
+        input_size=[input_h, input_w],
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+    )
     rep = run(cfg, out)
     _echo_json({k: rep[k] for k in ("train_photos", "val_photos", "train_seconds", "val")})
 
@@ -287,6 +293,58 @@ def detect_boxes(
     from whaleid import workflows
 
     typer.echo(f"{workflows.detect_boxes(bundle, images, out)} boxes written to {out}")
+
+
+@app.command()
+@_domain_errors
+def predict(
+    bundle: Bundle,
+    images: Images,
+    out: Annotated[Path, typer.Option("--out", help="Submission CSV (Image,Id with 5 labels).")] = Path(
+        "submission.csv"
+    ),
+    log: Annotated[
+        Path | None, typer.Option(help="JSON lines log (default OUT.jsonl); makes the run resumable.")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option(help="Only these photos, and report MAP@5 against the labels.")] = None,
+    class_balance: Annotated[bool, typer.Option(help="Apply the 1st-place class-balance swap.")] = False,
+    balance_margin: Annotated[float, typer.Option(help="Class balance: swap when score1 - score2 < this.")] = 0.3,
+    balance_min_claims: Annotated[int, typer.Option(help="Class balance: class 1 top-1/2 for >= this many.")] = 3,
+    threshold: Annotated[float | None, typer.Option(help="new_whale threshold (default: the manifest's).")] = None,
+) -> None:
+    """Identify every photo of a folder: a Kaggle submission and a JSON lines log (resumable)."""
+    _setup_logging()
+    from whaleid.predict import ClassBalance, predict_folder
+
+    balance = ClassBalance(balance_margin, balance_min_claims) if class_balance else None
+    _echo_json(predict_folder(bundle, images, out, log, balance, threshold, labels=labels))
+
+
+@app.command("pseudo-label")
+@_domain_errors
+def pseudo_label(
+    bundle: Bundle,
+    images: Images,
+    out: Annotated[Path, typer.Option("--out", help="CSV of confident labels (image,whale_id,confidence).")],
+    min_confidence: Annotated[float, typer.Option(help="Smallest top-1 score kept.")] = 0.96,
+) -> None:
+    """Confident predictions on unlabelled photos (never new_whale) as extra labels for `whaleid train`."""
+    _setup_logging()
+    from whaleid.predict import pseudo_label as run
+
+    _echo_json(run(bundle, images, out, min_confidence))
+
+
+@app.command("split-csv")
+@_domain_errors
+def split_csv(
+    run_dir: Annotated[Path, typer.Argument(help="Training run folder (has split.json).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for gallery.csv and queries.csv.")],
+) -> None:
+    """Write a run's split as CSVs: gallery.csv (training photos) and queries.csv (validation photos)."""
+    from whaleid import workflows
+
+    _echo_json(workflows.split_csv(run_dir, out))
 
 
 @app.command()

@@ -62,12 +62,15 @@ def build(home: Path, images: Path | None, labels: Path | None, boxes: Path | No
     resume = (home / "run" / "checkpoints" / "last.pt").exists() and not (home / "run" / "eval.json").exists()
     run = train(cfg, resume=resume)
     ev = json.loads((run / "eval.json").read_text())
-    typer.echo(f"      validation MAP@5 {ev['map5']:.3f}, new_whale threshold {ev['threshold']:.3f} "
-               f"({time.perf_counter() - t:.0f} s)")
+    typer.echo(
+        f"      validation MAP@5 {ev['map5']:.3f}, new_whale threshold {ev['threshold']:.3f} "
+        f"({time.perf_counter() - t:.0f} s)"
+    )
     t = _step(3, "export the bundle (ONNX, verified against torch)")
     rep = export_bundle(run, bundle)
-    typer.echo(f"      max |onnxruntime - torch| = {max(rep.max_abs_diff.values()):.1e} "
-               f"({time.perf_counter() - t:.0f} s)")
+    typer.echo(
+        f"      max |onnxruntime - torch| = {max(rep.max_abs_diff.values()):.1e} ({time.perf_counter() - t:.0f} s)"
+    )
     t = _step(4, "build the gallery")
     stats = build_gallery(bundle, images, labels, boxes, reset=True)
     typer.echo(f"      {stats['identities']} whales, {stats['photos']} photos ({time.perf_counter() - t:.0f} s)")
@@ -77,16 +80,25 @@ def build(home: Path, images: Path | None, labels: Path | None, boxes: Path | No
 def curl_examples(host: str, port: int, photo: Path | None) -> str:
     url = f"http://{host}:{port}"
     example = str(photo) if photo else "fluke.jpg"
-    return "\n".join([
-        f"  review page:     {url}/        API docs: {url}/docs",
-        f"  identify:        curl -F file=@{example} {url}/identify",
-        f"  enrol a whale:   curl -F files=@{example} -F whale_id=my-whale-1 {url}/gallery",
-        f"  list the whales: curl {url}/gallery",
-    ])
+    return "\n".join(
+        [
+            f"  review page:     {url}/        API docs: {url}/docs",
+            f"  identify:        curl -F file=@{example} {url}/identify",
+            f"  enrol a whale:   curl -F files=@{example} -F whale_id=my-whale-1 {url}/gallery",
+            f"  list the whales: curl {url}/gallery",
+        ]
+    )
 
 
-def quickstart(images: Path | None, labels: Path | None, boxes: Path | None, home: Path = DEFAULT_HOME,
-               host: str = "127.0.0.1", port: int = 8000, serve: bool = True) -> Path:
+def quickstart(
+    images: Path | None,
+    labels: Path | None,
+    boxes: Path | None,
+    home: Path = DEFAULT_HOME,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    serve: bool = True,
+) -> Path:
     """Build the quickstart bundle when missing, then serve it (see the module docstring)."""
     if (images is None) != (labels is None):
         raise typer.BadParameter("--images and --labels go together")

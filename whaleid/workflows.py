@@ -212,3 +212,25 @@ def detect_boxes(bundle, images, out, progress=True) -> int:
             writer.writerow([name, *(round(float(v), 1) for v in box)])
             n += 1
     return n
+
+
+def split_csv(run_dir, out) -> dict:
+    """``whaleid split-csv``: a run's split as ``gallery.csv`` (with boxes in ``gallery_boxes.csv``) and
+    ``queries.csv`` (original whale ids: photos of whales held out come out as new_whale queries)."""
+    import csv
+
+    split = split_from_json(json.loads((Path(run_dir) / "split.json").read_text()))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gallery = [p for p in split.train if not p.pseudo]
+    queries = [p for p, _ in split.queries()]
+    for name, photos in (("gallery", gallery), ("queries", queries)):
+        with open(out / f"{name}.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["image", "whale_id"])
+            w.writerows((p.image, p.whale_id) for p in photos)
+        with open(out / f"{name}_boxes.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["image", "x0", "y0", "x1", "y1"])
+            w.writerows((p.image, *p.box) for p in photos if p.box)
+    return {"gallery": len(gallery), "queries": len(queries), "folder": str(out)}

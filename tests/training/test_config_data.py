@@ -32,6 +32,9 @@ def test_repo_configs_load():
         assert cfg.model.backbone == "densenet121" and cfg.head.margin_rad == 0.5
         assert cfg.optim.weight_decay == 5e-4 and cfg.model.dropout == 0.5
     assert load_config("configs/kaggle-densenet121.yaml").model.input_size == [256, 512]
+    senet = load_config("configs/kaggle-senet154-binary.yaml")
+    assert senet.model.backbone == "legacy_senet154" and senet.head.kind == "binary"
+    assert senet.model.input_size == [256, 512]
 
 
 def test_read_labels_both_layouts(tmp_path):

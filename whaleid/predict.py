@@ -1,0 +1,241 @@
+"""Batch prediction over a folder (Kaggle submission), class balance, and pseudo-labels (torch-free).
+
+``predict`` embeds every photo of a folder through the bundle (in batches, with a progress bar),
+ranks it against the gallery, and appends one JSON line per photo to a log that makes the run
+resumable: a restarted run skips the photos already in the log. The submission (``Image,Id`` with
+five space-separated labels, ``new_whale`` placed by the threshold) is written at the end from
+the log.
+
+Class balance is the 1st-place trick of Kaggle 2019 Humpback Whale Identification: looking at the
+whole batch's top-5 lists, a photo whose first two candidates are close (``score1 - score2 <
+margin``), whose second candidate is nobody's top-1, and whose first candidate is already top-1 or
+top-2 for many photos (``>= min_claims``) gets its first two swapped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from core.fileio import atomic_write_text
+from core.manifest import load_manifest
+from index.build import embed_folder
+from index.gallery import Gallery
+from index.ranking import NEW_WHALE, insert_new_whale
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
+RANKED_KEEP = 10  # identities kept per photo in the log (class balance looks past the top 5)
+
+
+@dataclass(frozen=True)
+class ClassBalance:
+    """Thresholds of the class-balance swap.
+
+    Attributes:
+        margin: swap only when ``score1 - score2 < margin`` (0.3 on the 1st place's probabilities;
+            our scores are cosine similarities, so pick it on validation).
+        min_claims: the first candidate must be top-1 or top-2 for at least this many photos.
+    """
+
+    margin: float = 0.3
+    min_claims: int = 3
+
+
+def class_balance(rows: Sequence[Sequence[tuple[str, float]]], rule: ClassBalance) -> tuple[list[list], list[int]]:
+    """Apply the class-balance swap to a batch of final top-5 lists (new_whale already placed).
+
+    Only lists whose first two entries are both identities are considered.
+
+    Args:
+        rows: each photo's ``(label, score)`` list, best first.
+        rule: thresholds.
+
+    Returns:
+        The new lists and the indices of the rows that were swapped.
+    """
+    top1 = Counter(r[0][0] for r in rows if r)
+    claims = Counter()
+    for r in rows:
+        for label, _ in r[:2]:
+            claims[label] += 1
+    out, swapped = [], []
+    for i, r in enumerate(rows):
+        r = list(r)
+        if len(r) >= 2 and NEW_WHALE not in (r[0][0], r[1][0]):
+            (c1, s1), (c2, s2) = r[0], r[1]
+            if s1 - s2 < rule.margin and top1[c2] == 0 and claims[c1] >= rule.min_claims:
+                r[0], r[1] = r[1], r[0]
+                swapped.append(i)
+        out.append(r)
+    return out, swapped
+
+
+def list_photos(folder: str | Path) -> list[str]:
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_log(path: Path) -> dict[str, dict]:
+    """Photos already predicted (a truncated last line from a crash is ignored)."""
+    done = {}
+    if path.exists():
+        with open(path) as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                done[rec["image"]] = rec
+    return done
+
+
+def predict_folder(
+    bundle,
+    images,
+    out_csv,
+    log_path=None,
+    balance: ClassBalance | None = None,
+    threshold: float | None = None,
+    batch_photos: int = 32,
+    labels=None,
+    progress: bool = True,
+) -> dict:
+    """``whaleid predict``: identify every photo of a folder; write the submission and the JSON lines log.
+
+    Args:
+        bundle: bundle folder (its gallery is searched).
+        images: folder of photos.
+        out_csv: submission path (``Image,Id``).
+        log_path: JSON lines log (default: ``out_csv`` with ``.jsonl``); makes the run resumable.
+        balance: apply the class-balance swap with these thresholds.
+        threshold: new_whale threshold (default: the manifest's).
+        batch_photos: photos per batch between log flushes.
+        labels: optional labels CSV: only its photos are predicted, and MAP@5 is reported (truth: the
+            whale id when it is in the gallery, else new_whale).
+
+    Returns:
+        Counts: ``photos``, ``predicted_now``, ``resumed``, ``unreadable``, ``swapped`` (and ``map5``,
+        ``top1`` with ``labels``).
+    """
+    from whaleid.workflows import bundle_embedder, gallery_folder
+
+    manifest = load_manifest(bundle)
+    thr = manifest.threshold_for() if threshold is None else float(threshold)
+    out_csv = Path(out_csv)
+    log_path = Path(log_path) if log_path else out_csv.with_suffix(".jsonl")
+    names = list_photos(images)
+    truth = None
+    gallery = Gallery.for_manifest(gallery_folder(bundle, manifest), manifest)
+    if labels is not None:
+        from index.labels import read_labels
+
+        known = set(gallery.whale_ids())
+        truth = {img: (w if w in known else NEW_WHALE) for img, w in read_labels(labels)}
+        names = [n for n in names if n in truth]
+    done = read_log(log_path)
+    todo = [n for n in names if n not in done]
+    embedder = bundle_embedder(bundle, manifest)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(names), initial=len(names) - len(todo), desc="predict", unit="photo", disable=not progress)
+    with open(log_path, "a") as fh:
+        for start in range(0, len(todo), batch_photos):
+            chunk = todo[start : start + batch_photos]
+            embedded = list(embed_folder(embedder, images, [(n, None) for n in chunk], progress=False))
+            hits = gallery.search(np.stack([e.embedding.embedding for e in embedded]), RANKED_KEEP) if embedded else []
+            got = {e.image: (e, h) for e, h in zip(embedded, hits, strict=True)}
+            for name in chunk:
+                if name in got:
+                    e, h = got[name]
+                    rec = {
+                        "image": name,
+                        "ranked": [[x.whale_id, round(x.score, 6)] for x in h],
+                        "boxes": [[round(float(v), 1) for v in b] for b in e.embedding.boxes],
+                    }
+                else:
+                    rec = {"image": name, "ranked": [], "error": "unreadable photo"}
+                fh.write(json.dumps(rec) + "\n")
+                done[name] = rec
+            fh.flush()
+            os.fsync(fh.fileno())
+            bar.update(len(chunk))
+    bar.close()
+    fallback = _frequent_fill(gallery)
+    gallery.close()
+    finals = []
+    for name in names:
+        rec = done[name]
+        ranked = [(w, s) for w, s in rec["ranked"]]
+        final = insert_new_whale(ranked, thr, 5) if ranked else [(NEW_WHALE, thr)]
+        finals.append(final)
+    swapped: list[int] = []
+    if balance is not None:
+        finals, swapped = class_balance(finals, balance)
+    lines = ["Image,Id"]
+    for name, final in zip(names, finals, strict=True):
+        labels = [w for w, _ in final]
+        for w in fallback:  # a short list (tiny gallery or unreadable photo) is filled to 5 distinct labels
+            if len(labels) >= 5:
+                break
+            if w not in labels:
+                labels.append(w)
+        lines.append(f"{name},{' '.join(labels[:5])}")
+    atomic_write_text(out_csv, "\n".join(lines) + "\n")
+    out = {
+        "photos": len(names),
+        "predicted_now": len(todo),
+        "resumed": len(names) - len(todo),
+        "unreadable": sum(1 for n in names if done[n].get("error")),
+        "swapped": len(swapped),
+        "submission": str(out_csv),
+        "log": str(log_path),
+    }
+    if truth is not None and names:
+        from training.metrics import map_at_k, top1_accuracy
+
+        preds = [line.split(",", 1)[1].split() for line in lines[1:]]
+        truths = [truth[n] for n in names]
+        out.update(map5=round(map_at_k(preds, truths), 5), top1=round(top1_accuracy(preds, truths), 5))
+    return out
+
+
+def _frequent_fill(gallery: Gallery) -> list[str]:
+    """new_whale then the identities with the most photos: the filler of short lists."""
+    rows = gallery.store.list_identities(0, 100000)
+    return [NEW_WHALE] + [r.whale_id for r in sorted(rows, key=lambda r: (-r.n_images, r.whale_id))[:5]]
+
+
+def pseudo_label(bundle, images, out_csv, min_confidence: float = 0.96, progress: bool = True) -> dict:
+    """``whaleid pseudo-label``: confident top-1 identities (never new_whale) as extra training labels.
+
+    Writes ``image,whale_id,confidence`` rows for photos whose best identity scores at least
+    ``min_confidence`` (cosine similarity); ``whaleid train --extra-labels`` takes the file, marks its
+    photos as pseudo-labels, trains on them and never scores them.
+    """
+    from whaleid.workflows import bundle_embedder, gallery_folder
+
+    manifest = load_manifest(bundle)
+    gallery = Gallery.for_manifest(gallery_folder(bundle, manifest), manifest)
+    embedder = bundle_embedder(bundle, manifest)
+    names = list_photos(images)
+    rows = []
+    for e in embed_folder(embedder, images, [(n, None) for n in names], desc="pseudo-label", progress=progress):
+        [hits] = gallery.search(e.embedding.embedding, 1)
+        if hits and hits[0].score >= min_confidence:
+            rows.append((e.image, hits[0].whale_id, round(hits[0].score, 5)))
+    gallery.close()
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    with open(out_csv, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "whale_id", "confidence"])
+        w.writerows(rows)
+    return {"photos": len(names), "labelled": len(rows), "min_confidence": min_confidence, "out": str(out_csv)}
