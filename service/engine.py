@@ -258,15 +258,25 @@ class WhaleService:
         }
 
     def _rerank(self, mode, prep: Prepared, hits: list[Hit], k: int, explain: bool):
-        from index.local import rank_fused, rank_local
-
+        """``local`` or ``fused`` ranking of a prepared photo (in a worker thread)."""
         features = self.local.extract(prep.image.pixels, prep.base_box)
         if mode == "local":
-            entries = rank_local(self.matcher, features, k, explain=explain)
+            entries = self.matcher.rank_local(features, k, explain=explain)
         else:
-            entries = rank_fused(self.matcher, features, hits, k, explain=explain)
+            entries = self.matcher.rank_fused(features, hits, k, explain=explain)
         ranked = [(e.whale_id, e.score) for e in entries]
-        evidence = {e.whale_id: e.evidence() for e in entries}
+        evidence = {}
+        for e in entries:
+            ev = {
+                "embedding_similarity": None if e.cosine is None else round(e.cosine, 5),
+                "inliers": e.inliers,
+                "local_score": None if e.local_score is None else round(e.local_score, 5),
+                "fused_score": None if e.fused_score is None else round(e.fused_score, 5),
+                "best_image_id": e.image_id,
+            }
+            if explain and e.pairs is not None:
+                ev["keypoint_pairs"] = np.round(e.pairs, 1).tolist()
+            evidence[e.whale_id] = {k2: v for k2, v in ev.items() if v is not None}
         return ranked, evidence
 
     async def enrol(self, photos: list[tuple[str, bytes]], whale_id: str | None) -> dict:

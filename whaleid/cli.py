@@ -187,12 +187,37 @@ def build_gallery(
     boxes: Boxes = None,
     gallery_dir: Annotated[Path | None, typer.Option(help="Gallery folder (default BUNDLE/gallery).")] = None,
     reset: Annotated[bool, typer.Option(help="Delete the existing gallery first.")] = False,
+    local_features: Annotated[
+        bool | None,
+        typer.Option(
+            "--local-features/--no-local-features",
+            help="Store SIFT features for local/fused scoring (default: as the manifest says).",
+        ),
+    ] = None,
 ) -> None:
     """Embed labelled photos x their TTA boxes through the bundle's ONNX model and enrol them."""
     _setup_logging()
     from whaleid import workflows
 
-    _echo_json(workflows.build_gallery(bundle, images, labels, boxes, gallery_dir, reset))
+    _echo_json(
+        workflows.build_gallery(bundle, images, labels, boxes, gallery_dir, reset, local_features=local_features)
+    )
+
+
+@app.command("compare-modes")
+@_domain_errors
+def compare_modes(
+    bundle: Bundle,
+    images: Images,
+    labels: Labels,
+    boxes: Boxes = None,
+    max_queries: Annotated[int, typer.Option(help="Random subset of queries (0: all).")] = 0,
+) -> None:
+    """Top-1 and MAP@5 of the embedding, local and fused scoring modes on the same labelled queries."""
+    _setup_logging()
+    from whaleid import workflows
+
+    _echo_json(workflows.compare_modes(bundle, images, labels, boxes, max_queries))
 
 
 @app.command()

@@ -51,9 +51,21 @@ def read_labelled(labels: str | Path, boxes: str | Path | None = None) -> list[t
     return [(img, wid, box_of.get(img)) for img, wid in read_labels(labels)]
 
 
-def build_gallery(bundle, images, labels, boxes=None, gallery_dir=None, reset=False, progress=True) -> dict:
-    """``whaleid build-gallery``: enrol labelled photos into the bundle's gallery, then snapshot its index."""
+def build_gallery(
+    bundle, images, labels, boxes=None, gallery_dir=None, reset=False, progress=True, local_features: bool | None = None
+) -> dict:
+    """``whaleid build-gallery``: enrol labelled photos into the bundle's gallery, then snapshot its index.
+
+    ``local_features`` True turns local-feature matching on in the manifest (SIFT defaults of
+    :class:`core.manifest.LocalFeatureSpec`) and stores each photo's features; False turns it off;
+    None keeps the manifest's setting.
+    """
     manifest = load_manifest(bundle)
+    if local_features is not None and (manifest.local_features is not None) != local_features:
+        from core.manifest import LocalFeatureSpec
+
+        manifest = manifest.model_copy(update={"local_features": LocalFeatureSpec() if local_features else None})
+        manifest.save(bundle)
     folder = gallery_folder(bundle, manifest, gallery_dir)
     if reset and folder.exists():  # empty it (it may be a mount point: keep the folder itself)
         for child in folder.iterdir():
@@ -109,6 +121,8 @@ def calibrate(
     if rule not in ("max_map5", "new_whale_share"):
         raise ConfigError(f"rule must be max_map5 or new_whale_share, got {rule!r}")
     manifest = load_manifest(bundle)
+    if mode != "embedding" and manifest.local_features is None:
+        raise ConfigError(f"mode {mode!r} needs local features: run `whaleid build-gallery --local-features` first")
     gallery = Gallery.for_manifest(gallery_folder(bundle, manifest, gallery_dir), manifest)
     if len(gallery) == 0:
         raise ConfigError("the bundle's gallery is empty: run `whaleid build-gallery` first")
@@ -116,12 +130,19 @@ def calibrate(
     names, truths, embs, skipped = _queries_against(gallery, embedder, images, read_labelled(labels, boxes), progress)
     if not names:
         raise ConfigError("no usable validation photo (all enrolled or unreadable)")
+    updates: dict = {}
     if mode == "embedding":
         report, _ = evaluate_gallery(gallery, embs, truths, share, rule)
     else:
-        from index.local import rerank_evaluate
-
-        report = rerank_evaluate(bundle, manifest, gallery, embedder, images, names, truths, embs, mode, share, rule)
+        boxes_of = {img: box for img, _, box in read_labelled(labels, boxes)}
+        study = local_study(
+            bundle, manifest, gallery, embedder, images, names, truths, embs, boxes_of, modes=(mode,), progress=progress
+        )
+        report = study["reports"][mode]
+        spec = manifest.local_features.model_copy(
+            update={"calibration": study["calibration"], "fusion": study["fusion"]}
+        )
+        updates["local_features"] = spec
     thresholds = dict(manifest.thresholds)
     thresholds[mode] = ThresholdSpec(
         value=report.threshold,
@@ -129,10 +150,12 @@ def calibrate(
         new_whale_share=share if rule == "new_whale_share" else None,
         val_map5=report.map5,
     )
-    manifest.model_copy(update={"thresholds": thresholds}).save(bundle)
+    manifest.model_copy(update={"thresholds": thresholds, **updates}).save(bundle)
     gallery.close()
     out = report.as_dict()
     out.update(mode=mode, skipped_enrolled=skipped, saved_threshold=report.threshold)
+    if mode != "embedding":
+        out.update(calibration=list(study["calibration"]), fusion=list(study["fusion"]))
     return out
 
 
@@ -234,3 +257,166 @@ def split_csv(run_dir, out) -> dict:
             w.writerow(["image", "x0", "y0", "x1", "y1"])
             w.writerows((p.image, *p.box) for p in photos if p.box)
     return {"gallery": len(gallery), "queries": len(queries), "folder": str(out)}
+
+
+def local_study(
+    bundle,
+    manifest: Manifest,
+    gallery: Gallery,
+    embedder: PhotoEmbedder,
+    images,
+    names,
+    truths,
+    embs,
+    boxes_of=None,
+    modes=("embedding", "local", "fused"),
+    new_whale_share=0.276,
+    progress=True,
+) -> dict:
+    """Rank the same queries in the ``embedding``, ``local`` and ``fused`` modes and calibrate the latter two.
+
+    Each query is matched (SIFT + ratio test + RANSAC, :mod:`index.local`) against every stored photo
+    of every identity when ``local`` is asked for, else against its embedding shortlist
+    (``shortlist_k`` identities). The local and fused logistic calibrations are fitted on
+    genuine/impostor pairs with **2-fold cross-fitting** (each half of the queries is scored with
+    coefficients fitted on the other half); each mode's new_whale threshold is then chosen by the
+    ``max_map5`` rule on all queries, as for the embedding mode.
+
+    Args:
+        names, truths: query photos and their truths (whale id, or new_whale).
+        embs: ``(q, d) float32`` their embeddings.
+        boxes_of: ``image -> box`` to use as the base box (else the detector's, else the full frame).
+
+    Returns:
+        ``reports`` (mode -> EvalReport), ``calibration`` and ``fusion`` fitted on all queries,
+        ``seconds_per_query`` (mode -> added local time), ``pairs``.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from core.preprocess import load_image_file
+    from index.build import FOLDER_LIMITS
+    from index.evaluate import evaluate_rankings
+    from index.gallery import Hit
+    from index.local import LocalFeatureExtractor, LocalMatcher, calibrate_from_pairs, fused_scores, local_scores
+
+    spec = manifest.local_features
+    extractor = LocalFeatureExtractor(spec)
+    matcher = LocalMatcher(gallery, spec)
+    answerable = {i: n for i, (n, flipped) in gallery.store.identity_names().items() if not flipped}
+    shortlists = gallery.search(embs, spec.shortlist_k)
+    need_all = "local" in modes
+    per_query = []  # (identity ids, cosines, inliers, image ids) over the matched identities
+    t_local = 0.0
+    for i, name in enumerate(tqdm(names, desc="local features", unit="photo", disable=not progress)):
+        pixels = load_image_file(Path(images) / name, FOLDER_LIMITS).pixels
+        box = (boxes_of or {}).get(name)
+        if box is None and embedder.detector is not None:
+            box = embedder.detector.detect([pixels])[0]
+        t0 = time.perf_counter()
+        feats = extractor.extract(pixels, box)
+        ids = list(answerable) if need_all else [h.identity_id for h in shortlists[i]]
+        matches = matcher.score_identities(feats, ids)
+        t_local += time.perf_counter() - t0
+        cos = {h.identity_id: h.score for h in shortlists[i]}
+        rows = []
+        for ident in ids:
+            m = matches.get(ident)
+            c = cos.get(ident, 0.0)  # identities off the shortlist are never fused-ranked
+            rows.append((ident, c, m.inliers if m else 0, m.image_id if m else None))
+        per_query.append(rows)
+
+    def pairs(idx):
+        inl, same, cos = [], [], []
+        for i in idx:
+            short = {h.identity_id for h in shortlists[i]}
+            for ident, c, n, _ in per_query[i]:
+                if ident in short:
+                    inl.append(n)
+                    cos.append(c)
+                    same.append(answerable[ident] == truths[i])
+        return inl, same, cos
+
+    order = np.random.default_rng(0).permutation(len(names))
+    folds = [order[: len(order) // 2], order[len(order) // 2 :]]
+    coef = {}
+    for f, other in ((0, 1), (1, 0)):
+        inl, same, cos = pairs(folds[other])
+        coef[f] = calibrate_from_pairs(inl, same, cos) if 0 < sum(same) < len(same) else None
+    inl, same, cos = pairs(range(len(names)))
+    full = calibrate_from_pairs(inl, same, cos) if 0 < sum(same) < len(same) else None
+    fold_of = {int(q): f for f, idx in enumerate(folds) for q in idx}
+    reports = {}
+    for mode in modes:
+        hits = []
+        for i in range(len(names)):
+            if mode == "embedding":
+                hits.append(shortlists[i][:10])
+                continue
+            c = coef[fold_of[i]] or full
+            calibration = c.calibration if c else spec.calibration
+            fusion = c.fusion if c else spec.fusion
+            rows = per_query[i]
+            if mode == "fused":
+                short = {h.identity_id for h in shortlists[i]}
+                rows = [r for r in rows if r[0] in short]
+                scores = fused_scores([r[1] for r in rows], [r[2] for r in rows], fusion)
+            else:
+                scores = local_scores([r[2] for r in rows], calibration)
+            ranked = sorted(
+                zip(rows, scores, strict=True), key=lambda t: (-round(float(t[1]), 6), -t[0][2], answerable[t[0][0]])
+            )[:10]
+            hits.append([Hit(answerable[r[0]], float(sc), r[0]) for r, sc in ranked])
+        reports[mode], _ = evaluate_rankings(hits, truths, len(gallery), new_whale_share, "max_map5")
+    return {
+        "reports": reports,
+        "calibration": full.calibration if full else spec.calibration,
+        "fusion": full.fusion if full and full.fusion else spec.fusion,
+        "seconds_per_query_local": t_local / max(len(names), 1),
+        "pairs": len(inl),
+    }
+
+
+def compare_modes(bundle, images, labels, boxes=None, max_queries: int = 0, seed: int = 0, progress=True) -> dict:
+    """Top-1 and MAP@5 of ``embedding``, ``local`` and ``fused`` on the same labelled queries (see
+    :func:`local_study`); ``max_queries`` draws a seeded random subset (``local`` matches every
+    gallery photo, about 2 ms a pair on one core)."""
+    manifest = load_manifest(bundle)
+    if manifest.local_features is None:
+        raise ConfigError("the bundle has no local features: run `whaleid build-gallery --local-features` first")
+    gallery = Gallery.for_manifest(gallery_folder(bundle, manifest), manifest)
+    embedder = bundle_embedder(bundle, manifest)
+    rows = read_labelled(labels, boxes)
+    if max_queries and len(rows) > max_queries:
+        pick = np.random.default_rng(seed).choice(len(rows), max_queries, replace=False)
+        rows = [rows[i] for i in sorted(pick)]
+    names, truths, embs, skipped = _queries_against(gallery, embedder, images, rows, progress)
+    boxes_of = {img: box for img, _, box in rows}
+    study = local_study(bundle, manifest, gallery, embedder, images, names, truths, embs, boxes_of, progress=progress)
+    gallery.close()
+    out = {
+        mode: {
+            k: v
+            for k, v in r.as_dict().items()
+            if k
+            in (
+                "map5",
+                "top1",
+                "top1_known",
+                "top5_known",
+                "threshold",
+                "queries",
+                "queries_known",
+                "queries_new_whale",
+            )
+        }
+        for mode, r in study["reports"].items()
+    }
+    out.update(
+        calibration=list(study["calibration"]),
+        fusion=list(study["fusion"]),
+        local_ms_per_query=round(1000 * study["seconds_per_query_local"], 1),
+        skipped_enrolled=skipped,
+    )
+    return out
