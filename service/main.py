@@ -84,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _metrics(request: Request, call_next):
         t0 = time.perf_counter()
         response = await call_next(request)
+        if request.url.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-cache")  # revalidate the page's script after a redeploy
         route = request.scope.get("route")
         name = getattr(route, "path", "unmatched")
         service = getattr(request.app.state, "service", None)
