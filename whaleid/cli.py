@@ -194,13 +194,28 @@ def build_gallery(
             help="Store SIFT features for local/fused scoring (default: as the manifest says).",
         ),
     ] = None,
+    embedding_scoring: Annotated[
+        str | None,
+        typer.Option(help="centroid (a mean vector per whale) or image_max (its best photo); default: the manifest's."),
+    ] = None,
 ) -> None:
     """Embed labelled photos x their TTA boxes through the bundle's ONNX model and enrol them."""
     _setup_logging()
     from whaleid import workflows
 
+    if embedding_scoring not in (None, "centroid", "image_max"):
+        raise typer.BadParameter("--embedding-scoring is centroid or image_max")
     _echo_json(
-        workflows.build_gallery(bundle, images, labels, boxes, gallery_dir, reset, local_features=local_features)
+        workflows.build_gallery(
+            bundle,
+            images,
+            labels,
+            boxes,
+            gallery_dir,
+            reset,
+            local_features=local_features,
+            embedding_scoring=embedding_scoring,
+        )
     )
 
 

@@ -52,15 +52,28 @@ def read_labelled(labels: str | Path, boxes: str | Path | None = None) -> list[t
 
 
 def build_gallery(
-    bundle, images, labels, boxes=None, gallery_dir=None, reset=False, progress=True, local_features: bool | None = None
+    bundle,
+    images,
+    labels,
+    boxes=None,
+    gallery_dir=None,
+    reset=False,
+    progress=True,
+    local_features: bool | None = None,
+    embedding_scoring: str | None = None,
 ) -> dict:
     """``whaleid build-gallery``: enrol labelled photos into the bundle's gallery, then snapshot its index.
 
     ``local_features`` True turns local-feature matching on in the manifest (SIFT defaults of
     :class:`core.manifest.LocalFeatureSpec`) and stores each photo's features; False turns it off;
-    None keeps the manifest's setting.
+    None keeps the manifest's setting. ``embedding_scoring`` (``centroid`` or ``image_max``) likewise
+    changes how the gallery scores identities.
     """
     manifest = load_manifest(bundle)
+    if embedding_scoring is not None and embedding_scoring != manifest.gallery.embedding_scoring:
+        gallery_spec = manifest.gallery.model_copy(update={"embedding_scoring": embedding_scoring})
+        manifest = manifest.model_copy(update={"gallery": gallery_spec})
+        manifest.save(bundle)
     if local_features is not None and (manifest.local_features is not None) != local_features:
         from core.manifest import LocalFeatureSpec
 

@@ -33,7 +33,7 @@ def tiny_overrides(data, run_dir, **extra):
         "optim.batch_size": "4",
         "log_every_steps": "1",
         "stages": '[{"name": "s1", "epochs": 2, "min_images": 2}, {"name": "s2", "epochs": 1, "min_images": 1, '
-        '"freeze": ["stem"]}]',
+        '"freeze": ["conv1"]}]',
     }
     sets.update({k: str(v) for k, v in extra.items()})
     return [f"{k}={v}" for k, v in sets.items()]

@@ -28,8 +28,13 @@ def test_embedding_net_shape_norm_and_gradients(backbone):
     head = MarginHead(32, 5)
     loss, _ = head(net.features(x), torch.tensor([0, 1, 2, 3]))
     loss.backward()
-    missing = [n for n, p in net.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
-    assert not missing, missing[:5]
+    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for _, p in params)
+    zero = [n for n, p in params if not p.grad.abs().sum()]
+    if backbone == "densenet121":
+        assert not zero, zero[:5]
+    else:  # timm ResNets zero-initialise each block's last BN: its branch gets gradients from step 2 on
+        assert all(".layer" in n for n in zero), zero[:5]
     assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
 
 
@@ -59,9 +64,9 @@ def test_offline_hub_falls_back_to_random_init(caplog):
 
 def test_freeze_prefixes():
     net = EmbeddingNet(create_backbone("test_resnet"), 16)
-    n = freeze_prefixes(net, ["stem"])
+    n = freeze_prefixes(net, ["conv1"])
     assert n > 0
-    assert all(not p.requires_grad for name, p in net.backbone.named_parameters() if name.startswith("stem"))
+    assert all(not p.requires_grad for name, p in net.backbone.named_parameters() if name.startswith("conv1"))
     assert all(p.requires_grad for p in net.neck.parameters())
     with pytest.raises(ConfigError, match="matches no backbone parameter"):
         freeze_prefixes(net, ["no_such_block"])
