@@ -1,0 +1,178 @@
+"""The CLI workflows end to end on a tiny synthetic bundle: export, build-gallery, calibrate (all three
+scoring modes), compare-modes, the detector, and the service's local/fused scoring with evidence."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from core.manifest import load_manifest
+from whaleid.cli import app
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+def cli(*args):
+    res = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def cli_json(*args):
+    out = cli(*args)
+    return json.loads(out[out.index("{") :])
+
+
+@pytest.fixture(scope="module")
+def synth_bundle(tmp_path_factory):
+    from training.config import load_config
+    from training.engine import train
+    from training.export import export_bundle
+    from training.synthetic import SyntheticSpec, make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth-bundle")
+    data = make_synthetic_dataset(
+        root / "data", SyntheticSpec(identities=12, new_whales=6, image_size=(96, 192), seed=3)
+    )
+    cfg = load_config(
+        "configs/cpu-small.yaml",
+        [
+            f"run_dir={root / 'run'}",
+            f"data.images={data / 'images'}",
+            f"data.labels={data / 'train.csv'}",
+            f"data.boxes={data / 'boxes.csv'}",
+            "model.backbone=test_resnet",
+            "model.input_size=[32, 64]",
+            "model.embedding_dim=32",
+            "optim.batch_size=8",
+            'stages=[{"name": "s1", "epochs": 4, "min_images": 1}]',
+        ],
+    )
+    train(cfg, progress=False)
+    export_bundle(root / "run", root / "bundle")
+    return root
+
+
+def test_build_gallery_calibrate_evaluate(synth_bundle):
+    data, bundle = synth_bundle / "data", synth_bundle / "bundle"
+    with open(data / "train.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    named = [r for r in rows if r["Id"] != "new_whale"]
+    # enrol the first photo of each whale; the others are calibration queries
+    first, rest = {}, []
+    for r in named:
+        if r["Id"] in first:
+            rest.append(r)
+        else:
+            first[r["Id"]] = r
+    (data / "enrol.csv").write_text("Image,Id\n" + "".join(f"{r['Image']},{r['Id']}\n" for r in first.values()))
+    (data / "queries.csv").write_text(
+        "Image,Id\n"
+        + "".join(f"{r['Image']},{r['Id']}\n" for r in rest)
+        + "".join(f"{r['Image']},new_whale\n" for r in rows if r["Id"] == "new_whale")
+    )
+    stats = cli_json(
+        "build-gallery",
+        bundle,
+        "--images",
+        data / "images",
+        "--labels",
+        data / "enrol.csv",
+        "--boxes",
+        data / "boxes.csv",
+        "--reset",
+        "--local-features",
+    )
+    assert stats["identities"] == 12 and stats["photos"] == 12
+    assert load_manifest(bundle).local_features is not None
+    rep = cli_json("calibrate", bundle, "--images", data / "images", "--labels", data / "queries.csv")
+    assert rep["queries"] == len(rest) + 6 and rep["queries_new_whale"] == 6
+    assert load_manifest(bundle).thresholds["embedding"].value == pytest.approx(rep["saved_threshold"])
+    for mode in ("local", "fused"):
+        rep = cli_json(
+            "calibrate", bundle, "--images", data / "images", "--labels", data / "queries.csv", "--mode", mode
+        )
+        m = load_manifest(bundle)
+        assert m.thresholds[mode].value == pytest.approx(rep["saved_threshold"])
+        assert list(m.local_features.calibration) == pytest.approx(rep["calibration"])
+    cmp = cli_json("compare-modes", bundle, "--images", data / "images", "--labels", data / "queries.csv")
+    assert {"embedding", "local", "fused"} <= set(cmp)
+    # synthetic flukes are views of one pattern: local matching finds most of them
+    assert cmp["local"]["top1_known"] >= 0.5
+    ev = cli_json("evaluate", bundle, "--images", data / "images", "--labels", data / "queries.csv")
+    assert ev["queries"] == len(rest) + 6
+
+
+def test_service_local_and_fused_evidence(synth_bundle, monkeypatch, tmp_path):
+    import shutil
+
+    bundle = synth_bundle / "bundle"
+    if load_manifest(bundle).local_features is None:
+        pytest.skip("needs test_build_gallery_calibrate_evaluate first (same module)")
+    shutil.copytree(bundle / "gallery", tmp_path / "gallery")
+    monkeypatch.setenv("WHALEID_BUNDLE", str(bundle))
+    monkeypatch.setenv("WHALEID_GALLERY_DIR", str(tmp_path / "gallery"))
+    from service.main import create_app
+
+    photo = next((synth_bundle / "data" / "images").iterdir()).read_bytes()
+    with TestClient(create_app()) as c:
+        assert c.get("/ready").json()["scoring_modes"] == ["embedding", "local", "fused"]
+        for mode in ("local", "fused"):
+            r = c.post(
+                "/identify", files={"file": ("a.jpg", photo, "image/jpeg")}, params={"scoring": mode, "explain": "true"}
+            )
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["scoring"] == mode and "local" in body["timing_ms"]
+            top = next(p for p in body["predictions"] if p["whale_id"] != "new_whale")
+            ev = top["evidence"]
+            assert ev["inliers"] >= 0 and "best_image_id" in ev
+            if mode == "fused":
+                assert "embedding_similarity" in ev and "fused_score" in ev
+            pairs = np.asarray(ev.get("keypoint_pairs", []))
+            assert pairs.size == 0 or pairs.shape[1:] == (2, 2)
+
+
+def test_detector_train_export_detect(synth_bundle, tmp_path):
+    import shutil
+
+    data = synth_bundle / "data"
+    bundle = tmp_path / "bundle"
+    shutil.copytree(synth_bundle / "bundle", bundle, ignore=shutil.ignore_patterns("gallery"))
+    out = cli_json(
+        "train-detector",
+        "--out",
+        tmp_path / "det",
+        "--images",
+        data / "images",
+        "--boxes",
+        data / "boxes.csv",
+        "--backbone",
+        "test_resnet",
+        "--input-h",
+        32,
+        "--input-w",
+        64,
+        "--epochs",
+        5,
+        "--batch-size",
+        16,
+    )
+    val = out["val"]
+    assert val["photos"] > 0 and 0 <= val["mean_iou"] <= 1 and 0 < val["full_frame_mean_iou"] < 1
+    res = cli_json("export-detector", tmp_path / "det", "--bundle", bundle)
+    assert res["max_abs_diff"] <= 1e-4
+    m = load_manifest(bundle)
+    assert m.detector is not None and m.tta.base == "detector"
+    cli("detect-boxes", bundle, "--images", data / "images", "--out", tmp_path / "boxes.csv")
+    with open(tmp_path / "boxes.csv", newline="") as fh:
+        boxes = list(csv.DictReader(fh))
+    assert len(boxes) == len(list((data / "images").iterdir()))
+    for b in boxes[:20]:
+        assert 0 <= float(b["x0"]) < float(b["x1"]) <= 192 and 0 <= float(b["y0"]) < float(b["y1"]) <= 96
