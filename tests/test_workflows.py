@@ -176,3 +176,44 @@ def test_detector_train_export_detect(synth_bundle, tmp_path):
     assert len(boxes) == len(list((data / "images").iterdir()))
     for b in boxes[:20]:
         assert 0 <= float(b["x0"]) < float(b["x1"]) <= 192 and 0 <= float(b["y0"]) < float(b["y1"]) <= 96
+
+
+def test_detector_boxes_are_on_the_upright_photo(synth_bundle, odd_images_dir, tmp_path):
+    """An EXIF-rotated photo (stored 800x533, orientation 6): detected and TTA boxes lie on the upright 533x800."""
+    import shutil
+
+    from core.preprocess import load_image_file
+    from index.detector import OnnxBoxDetector
+    from whaleid.workflows import bundle_embedder
+
+    data = synth_bundle / "data"
+    bundle = tmp_path / "bundle"
+    shutil.copytree(synth_bundle / "bundle", bundle, ignore=shutil.ignore_patterns("gallery"))
+    cli(
+        "train-detector",
+        "--out",
+        tmp_path / "det",
+        "--images",
+        data / "images",
+        "--boxes",
+        data / "boxes.csv",
+        "--backbone",
+        "test_resnet",
+        "--input-h",
+        32,
+        "--input-w",
+        64,
+        "--epochs",
+        1,
+        "--batch-size",
+        16,
+    )
+    cli("export-detector", tmp_path / "det", "--bundle", bundle)
+    m = load_manifest(bundle)
+    img = load_image_file(odd_images_dir / "cmyk_photo_exif_orient6.jpg")
+    assert img.exif_transposed and img.pixels.shape[:2] == (800, 533)
+    box = OnnxBoxDetector.from_bundle(bundle, m).detect([img.pixels])[0]
+    assert 0 <= box[0] < box[2] <= 533 and 0 <= box[1] < box[3] <= 800
+    boxes = bundle_embedder(bundle, m).boxes_for(img.pixels)
+    assert boxes.shape == (5, 4) and (boxes[:, 2] <= 533).all() and (boxes[:, 3] <= 800).all()
+    np.testing.assert_allclose(boxes[4], [0, 0, 533, 800])  # the policy's full-frame box, portrait
