@@ -36,7 +36,7 @@ from core.fileio import atomic_write_json, sha256_file
 from core.manifest import DetectorSpec, load_manifest
 from core.preprocess import PreprocessSpec, crop_resize, normalize
 from training.data import ImageCache, read_boxes
-from training.model import create_backbone
+from training.model import create_backbone, pooled_features
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class BoxRegressor(nn.Module):
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(backbone.num_features, 256), nn.ReLU(inplace=True), nn.Linear(256, 4))
+        self.head = nn.Sequential(nn.Linear(pooled_features(backbone), 256), nn.ReLU(inplace=True), nn.Linear(256, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raw = torch.sigmoid(self.head(self.backbone(x)).float())

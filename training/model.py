@@ -54,6 +54,12 @@ def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=0)
 
 
+def pooled_features(backbone: nn.Module) -> int:
+    """Width of a timm backbone's pooled output (``num_classes=0``): ``head_hidden_size`` when the model
+    has a head stage after pooling (e.g. MobileNetV3's 1280-d ``conv_head``), else ``num_features``."""
+    return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+
+
 class EmbeddingNet(nn.Module):
     """Backbone → BN → dropout → FC → BN → L2-normalised embedding.
 
@@ -64,7 +70,7 @@ class EmbeddingNet(nn.Module):
     def __init__(self, backbone: nn.Module, embedding_dim: int = 512, dropout: float = 0.5):
         super().__init__()
         self.backbone = backbone
-        features = int(backbone.num_features)
+        features = pooled_features(backbone)
         self.neck = nn.Sequential(
             nn.BatchNorm1d(features),
             nn.Dropout(dropout),
