@@ -60,11 +60,14 @@ class OnnxBoxDetector:
         if not len(images):
             return np.empty((0, 4), np.float32)
         h, w = self.spec.input_size
-        batch = np.stack([
-            normalize(crop_resize(im, full_frame(im.shape[1], im.shape[0]), (h, w), self.spec.interpolation),
-                      self.spec)
-            for im in images
-        ])
+        batch = np.stack(
+            [
+                normalize(
+                    crop_resize(im, full_frame(im.shape[1], im.shape[0]), (h, w), self.spec.interpolation), self.spec
+                )
+                for im in images
+            ]
+        )
         frac = self.model(batch)
         out = np.empty((len(images), 4), np.float32)
         for i, (im, f) in enumerate(zip(images, frac, strict=True)):

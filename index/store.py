@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS images (
     UNIQUE (identity_id, sha256)
 );
 CREATE INDEX IF NOT EXISTS images_identity ON images(identity_id);
+CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
 """
 
 
@@ -406,6 +407,16 @@ class GalleryStore:
                 "SELECT id, embedding FROM images WHERE identity_id=? ORDER BY id", (int(identity_id),)
             ).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64), self._stack(r[1] for r in rows)
+
+    def photos_with_sha256(self, sha256: str) -> list[tuple[str, int]]:
+        """``(whale_id, image_id)`` of the stored photos with these exact bytes (mirror identities excluded)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT i.whale_id, m.id FROM images m JOIN identities i ON i.id = m.identity_id "
+                "WHERE m.sha256=? AND i.flipped=0 ORDER BY m.id",
+                (sha256,),
+            ).fetchall()
+        return [(r[0], int(r[1])) for r in rows]
 
     def image_sha256(self, image_id: int) -> str | None:
         with self._lock:

@@ -233,6 +233,17 @@ class WhaleService:
             t1 = time.perf_counter()
             ranked, evidence = await to_thread.run_sync(self._rerank, mode, prep, hits, k, explain)
             prep.timings_ms["local"] = (time.perf_counter() - t1) * 1e3
+        exact = await to_thread.run_sync(self.gallery.store.photos_with_sha256, sha256_bytes(data))
+        if exact:
+            # The photo itself is in the gallery: its whale is certain, whatever the model says.
+            exact_ids = {w for w, _ in exact}
+            for wid, image_id in exact:
+                ev = evidence.setdefault(wid, {})
+                ev.update(exact_photo=True, best_image_id=image_id)
+            ranked = [(w, 1.0) for w in dict.fromkeys(w for w, _ in exact)] + [
+                (w, s) for w, s in ranked if w not in exact_ids
+            ]
+            ranked = ranked[:k]
         final = insert_new_whale(ranked, thr, k)
         predictions = []
         for rank, (wid, score) in enumerate(final, start=1):

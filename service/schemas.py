@@ -15,6 +15,9 @@ class Evidence(BaseModel):
     local_score: float | None = Field(None, description="Calibrated local-match probability, 0..1.")
     fused_score: float | None = Field(None, description="Calibrated fusion of embedding and local scores, 0..1.")
     best_image_id: int | None = Field(None, description="The candidate's gallery photo that matches best.")
+    exact_photo: bool | None = Field(
+        None, description="The uploaded photo is this gallery photo, byte for byte (score 1.0 whatever the model says)."
+    )
     keypoint_pairs: list[list[list[float]]] | None = Field(
         None, description="With explain=true: inlier pairs [[x_query, y_query], [x_gallery, y_gallery]] in pixels."
     )

@@ -62,6 +62,8 @@ def test_enrol_identify_delete(server, real_subset):
     for p in paths:
         top = identify(server.url, p).json()["predictions"][0]
         assert top["whale_id"] == "ZZ-test-whale", (p.name, top)
+        # the uploaded bytes are an enrolled photo: certain, whatever the model's similarity
+        assert top["score"] == 1.0 and top["evidence"]["exact_photo"] is True
     # same bytes again: not added twice
     again = enrol(server.url, paths[:1], whale_id="ZZ-test-whale").json()
     assert again["images_added"] == 0 and again["duplicates"] == 1 and again["images_total"] == 2
