@@ -201,8 +201,12 @@ class WhaleService:
     ) -> dict:
         """Identify one photo: top-``k`` identities with new_whale placed by the threshold.
 
+        A photo already in the gallery (same bytes) names its whale first with score 1.0 (evidence
+        ``exact_photo``), whatever the model says.
+
         Raises:
-            InputImageError subclasses for bad photos; ManifestError when the mode has no threshold.
+            InputImageError subclasses for bad photos; InvalidRequestError for a scoring mode the
+            bundle lacks or one without a calibrated threshold (and no ``threshold`` given).
         """
         t_start = time.perf_counter()
         mode: ScoringMode = scoring or self.scoring
@@ -233,7 +237,7 @@ class WhaleService:
             t1 = time.perf_counter()
             ranked, evidence = await to_thread.run_sync(self._rerank, mode, prep, hits, k, explain)
             prep.timings_ms["local"] = (time.perf_counter() - t1) * 1e3
-        exact = await to_thread.run_sync(self.gallery.store.photos_with_sha256, sha256_bytes(data))
+        exact = await to_thread.run_sync(lambda: self.gallery.store.photos_with_sha256(sha256_bytes(data)))
         if exact:
             # The photo itself is in the gallery: its whale is certain, whatever the model says.
             exact_ids = {w for w, _ in exact}
