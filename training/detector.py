@@ -59,8 +59,8 @@ class DetectorConfig:
 
     box_csvs: list[list[str]] = field(default_factory=list)
     backbone: str = "resnet18"
-    input_size: list[int] = field(default_factory=lambda: [128, 256])
-    epochs: int = 30
+    input_size: list[int] = field(default_factory=lambda: [96, 192])
+    epochs: int = 20
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4

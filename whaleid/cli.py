@@ -283,9 +283,9 @@ def train_detector(
     images: Annotated[list[Path], typer.Option("--images", help="Photo folder (repeat, paired with --boxes).")],
     boxes: Annotated[list[Path], typer.Option("--boxes", help="Boxes CSV image,x0,y0,x1,y1 (repeatable).")],
     backbone: Annotated[str, typer.Option(help="timm backbone name.")] = "resnet18",
-    input_h: Annotated[int, typer.Option(help="Input height in pixels.")] = 128,
-    input_w: Annotated[int, typer.Option(help="Input width in pixels.")] = 256,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
+    input_h: Annotated[int, typer.Option(help="Input height in pixels.")] = 96,
+    input_w: Annotated[int, typer.Option(help="Input width in pixels.")] = 192,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Photos per step.")] = 32,
     seed: Annotated[int, typer.Option(help="Split and init seed.")] = 0,
 ) -> None:
