@@ -105,8 +105,32 @@ def test_build_gallery_calibrate_evaluate(synth_bundle):
     assert {"embedding", "local", "fused"} <= set(cmp)
     # synthetic flukes are views of one pattern: local matching finds most of them
     assert cmp["local"]["top1_known"] >= 0.5
+    cmp = cli_json(
+        "compare-modes", bundle, "--images", data / "images", "--labels", data / "queries.csv",
+        "--shortlist-k", "1", "--shortlist-k", "0",
+    )  # fmt: skip
+    # a shortlist of one whale can only answer the embedding's first whale; 12 whales < the default
+    # shortlist of 50, so "every whale" is the default fused ranking
+    assert cmp["fused@1"]["top1_known"] == cmp["embedding"]["top1_known"]
+    assert cmp["fused@all"] == cmp["fused"] and cmp["shortlist_k"] == 50
+    rep = cli_json(
+        "calibrate", bundle, "--images", data / "images", "--labels", data / "queries.csv",
+        "--mode", "fused", "--shortlist-k", "3",
+    )  # fmt: skip
+    assert load_manifest(bundle).local_features.shortlist_k == 3
+    assert load_manifest(bundle).thresholds["fused"].value == pytest.approx(rep["saved_threshold"])
     ev = cli_json("evaluate", bundle, "--images", data / "images", "--labels", data / "queries.csv")
     assert ev["queries"] == len(rest) + 6
+    # another FAISS index: rebuilt from the store, saved in the manifest; on 12 whales HNSW is exact
+    args = ("build-gallery", bundle, "--images", data / "images", "--labels", data / "enrol.csv")
+    stats = cli_json(*args, "--faiss-factory", "IDMap2,HNSW32")
+    assert stats["duplicates"] == 12 and load_manifest(bundle).gallery.factory == "IDMap2,HNSW32"
+    ev_hnsw = cli_json("evaluate", bundle, "--images", data / "images", "--labels", data / "queries.csv")
+    assert (ev_hnsw["map5"], ev_hnsw["top1_known"]) == (ev["map5"], ev["top1_known"])
+    bad = runner.invoke(app, [str(a) for a in (*args, "--faiss-factory", "NoSuchIndex")])
+    assert bad.exit_code != 0 and "NoSuchIndex" in bad.output
+    assert load_manifest(bundle).gallery.factory == "IDMap2,HNSW32"
+    cli_json(*args, "--faiss-factory", "IDMap2,Flat")
 
 
 def test_service_local_and_fused_evidence(synth_bundle, monkeypatch, tmp_path):

@@ -198,6 +198,10 @@ def build_gallery(
         str | None,
         typer.Option(help="centroid (a mean vector per whale) or image_max (its best photo); default: the manifest's."),
     ] = None,
+    faiss_factory: Annotated[
+        str | None,
+        typer.Option(help="FAISS index, e.g. IDMap2,Flat (exact), IVF1024,Flat (100k whales and more); saved."),
+    ] = None,
 ) -> None:
     """Embed labelled photos x their TTA boxes through the bundle's ONNX model and enrol them."""
     _setup_logging()
@@ -215,6 +219,7 @@ def build_gallery(
             reset,
             local_features=local_features,
             embedding_scoring=embedding_scoring,
+            faiss_factory=faiss_factory,
         )
     )
 
@@ -227,12 +232,16 @@ def compare_modes(
     labels: Labels,
     boxes: Boxes = None,
     max_queries: Annotated[int, typer.Option(help="Random subset of queries (0: all).")] = 0,
+    shortlist_k: Annotated[
+        list[int] | None,
+        typer.Option(help="Also score fused with this shortlist size (repeatable; 0 = every whale)."),
+    ] = None,
 ) -> None:
     """Top-1 and MAP@5 of the embedding, local and fused scoring modes on the same labelled queries."""
     _setup_logging()
     from whaleid import workflows
 
-    _echo_json(workflows.compare_modes(bundle, images, labels, boxes, max_queries))
+    _echo_json(workflows.compare_modes(bundle, images, labels, boxes, max_queries, fused_ks=tuple(shortlist_k or ())))
 
 
 @app.command()
@@ -246,6 +255,9 @@ def calibrate(
     share: Annotated[float, typer.Option(help="Target new_whale share for the share rule.")] = 0.276,
     mode: Annotated[str, typer.Option(help="Scoring mode to calibrate: embedding, local or fused.")] = "embedding",
     gallery_dir: Annotated[Path | None, typer.Option(help="Gallery folder (default BUNDLE/gallery).")] = None,
+    shortlist_k: Annotated[
+        int | None, typer.Option(help="fused only: identities from the embedding ranking to re-rank (saved).")
+    ] = None,
 ) -> None:
     """Choose the new_whale threshold on labelled photos and write it to the manifest.
 
@@ -255,7 +267,9 @@ def calibrate(
     _setup_logging()
     from whaleid import workflows
 
-    _echo_json(workflows.calibrate(bundle, images, labels, boxes, rule, share, mode, gallery_dir))
+    _echo_json(
+        workflows.calibrate(bundle, images, labels, boxes, rule, share, mode, gallery_dir, shortlist_k=shortlist_k)
+    )
 
 
 @app.command()
@@ -397,12 +411,15 @@ def quickstart(
     host: Annotated[str, typer.Option(help="Interface to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     serve: Annotated[bool, typer.Option(help="Serve after building.")] = True,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Training-config override key=value (repeatable).")
+    ] = None,
 ) -> None:
     """Build a small bundle (synthetic photos by default, or yours), then serve it with curl examples."""
     _setup_logging()
     from whaleid.quickstart import quickstart as run_quickstart
 
-    run_quickstart(images, labels, boxes, home, host, port, serve)
+    run_quickstart(images, labels, boxes, home, host, port, serve, overrides=set_)
 
 
 def main() -> None:

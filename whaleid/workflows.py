@@ -61,18 +61,37 @@ def build_gallery(
     progress=True,
     local_features: bool | None = None,
     embedding_scoring: str | None = None,
+    faiss_factory: str | None = None,
 ) -> dict:
     """``whaleid build-gallery``: enrol labelled photos into the bundle's gallery, then snapshot its index.
 
     ``local_features`` True turns local-feature matching on in the manifest (SIFT defaults of
     :class:`core.manifest.LocalFeatureSpec`) and stores each photo's features; False turns it off;
     None keeps the manifest's setting. ``embedding_scoring`` (``centroid`` or ``image_max``) likewise
-    changes how the gallery scores identities.
+    changes how the gallery scores identities, and ``faiss_factory`` (e.g. ``IVF1024,Flat`` for
+    100k identities and more, see the README's gallery-scale table) the FAISS index; the index is
+    rebuilt from the store, which keeps every embedding.
+
+    Raises:
+        ConfigError: an unknown scoring or a factory string FAISS cannot build.
     """
     manifest = load_manifest(bundle)
+    changes = {}
     if embedding_scoring is not None and embedding_scoring != manifest.gallery.embedding_scoring:
-        gallery_spec = manifest.gallery.model_copy(update={"embedding_scoring": embedding_scoring})
-        manifest = manifest.model_copy(update={"gallery": gallery_spec})
+        changes["embedding_scoring"] = embedding_scoring
+    if faiss_factory is not None and faiss_factory != manifest.gallery.factory:
+        from index.gallery import INDEX_FILE
+        from index.vectors import VectorIndex
+
+        try:
+            VectorIndex(manifest.model.embedding_dim, faiss_factory)
+        except ValueError as exc:
+            raise ConfigError(f"--faiss-factory {faiss_factory!r}: {exc}") from exc
+        changes["factory"] = faiss_factory
+        # the index file was built with the old factory; the store rebuilds it
+        (gallery_folder(bundle, manifest, gallery_dir) / INDEX_FILE).unlink(missing_ok=True)
+    if changes:
+        manifest = manifest.model_copy(update={"gallery": manifest.gallery.model_copy(update=changes)})
         manifest.save(bundle)
     if local_features is not None and (manifest.local_features is not None) != local_features:
         from core.manifest import LocalFeatureSpec
@@ -128,14 +147,32 @@ def _queries_against(gallery: Gallery, embedder: PhotoEmbedder, images, rows, pr
 
 
 def calibrate(
-    bundle, images, labels, boxes=None, rule="max_map5", share=0.276, mode="embedding", gallery_dir=None, progress=True
+    bundle,
+    images,
+    labels,
+    boxes=None,
+    rule="max_map5",
+    share=0.276,
+    mode="embedding",
+    gallery_dir=None,
+    progress=True,
+    shortlist_k: int | None = None,
 ) -> dict:
-    """``whaleid calibrate``: choose the new_whale threshold of ``mode`` on labelled photos; save it."""
+    """``whaleid calibrate``: choose the new_whale threshold of ``mode`` on labelled photos; save it.
+
+    ``shortlist_k`` (``fused`` only) sets the number of embedding-ranked identities that ``fused``
+    re-ranks, saved in the manifest with the calibration fitted for it.
+    """
     if rule not in ("max_map5", "new_whale_share"):
         raise ConfigError(f"rule must be max_map5 or new_whale_share, got {rule!r}")
     manifest = load_manifest(bundle)
     if mode != "embedding" and manifest.local_features is None:
         raise ConfigError(f"mode {mode!r} needs local features: run `whaleid build-gallery --local-features` first")
+    if shortlist_k is not None:
+        if mode != "fused" or shortlist_k < 1:
+            raise ConfigError("--shortlist-k is a positive number of identities, for --mode fused only")
+        spec = manifest.local_features.model_copy(update={"shortlist_k": shortlist_k})
+        manifest = manifest.model_copy(update={"local_features": spec})
     gallery = Gallery.for_manifest(gallery_folder(bundle, manifest, gallery_dir), manifest)
     if len(gallery) == 0:
         raise ConfigError("the bundle's gallery is empty: run `whaleid build-gallery` first")
@@ -285,6 +322,7 @@ def local_study(
     modes=("embedding", "local", "fused"),
     new_whale_share=0.276,
     progress=True,
+    fused_ks=(),
 ) -> dict:
     """Rank the same queries in the ``embedding``, ``local`` and ``fused`` modes and calibrate the latter two.
 
@@ -299,6 +337,9 @@ def local_study(
         names, truths: query photos and their truths (whale id, or new_whale).
         embs: ``(q, d) float32`` their embeddings.
         boxes_of: ``image -> box`` to use as the base box (else the detector's, else the full frame).
+        fused_ks: further shortlist sizes to score ``fused`` with (reports ``fused@K``; 0 = every
+            identity), all from the same matches. The fusion is always fitted on the pairs of the
+            manifest's ``shortlist_k``.
 
     Returns:
         ``reports`` (mode -> EvalReport), ``calibration`` and ``fusion`` fitted on all queries,
@@ -318,8 +359,11 @@ def local_study(
     extractor = LocalFeatureExtractor(spec)
     matcher = LocalMatcher(gallery, spec)
     answerable = {i: n for i, (n, flipped) in gallery.store.identity_names().items() if not flipped}
-    shortlists = gallery.search(embs, spec.shortlist_k)
-    need_all = "local" in modes
+    ks = {k: (k if k > 0 else len(answerable)) for k in fused_ks}
+    widest = max([spec.shortlist_k, *ks.values()])
+    ranking = gallery.search(embs, widest)  # the embedding ranking, as far as any fused shortlist reaches
+    shortlists = [r[: spec.shortlist_k] for r in ranking]
+    need_all = "local" in modes or widest >= len(answerable)
     per_query = []  # (identity ids, cosines, inliers, image ids) over the matched identities
     t_local = 0.0
     for i, name in enumerate(tqdm(names, desc="local features", unit="photo", disable=not progress)):
@@ -329,10 +373,10 @@ def local_study(
             box = embedder.detector.detect([pixels])[0]
         t0 = time.perf_counter()
         feats = extractor.extract(pixels, box)
-        ids = list(answerable) if need_all else [h.identity_id for h in shortlists[i]]
+        ids = list(answerable) if need_all else [h.identity_id for h in ranking[i]]
         matches = matcher.score_identities(feats, ids)
         t_local += time.perf_counter() - t0
-        cos = {h.identity_id: h.score for h in shortlists[i]}
+        cos = {h.identity_id: h.score for h in ranking[i]}
         rows = []
         for ident in ids:
             m = matches.get(ident)
@@ -361,7 +405,8 @@ def local_study(
     full = calibrate_from_pairs(inl, same, cos) if 0 < sum(same) < len(same) else None
     fold_of = {int(q): f for f, idx in enumerate(folds) for q in idx}
     reports = {}
-    for mode in modes:
+    runs = [(m, spec.shortlist_k) for m in modes] + [(f"fused@{k or 'all'}", n) for k, n in ks.items()]
+    for mode, k_short in runs:
         hits = []
         for i in range(len(names)):
             if mode == "embedding":
@@ -371,8 +416,8 @@ def local_study(
             calibration = c.calibration if c else spec.calibration
             fusion = c.fusion if c else spec.fusion
             rows = per_query[i]
-            if mode == "fused":
-                short = {h.identity_id for h in shortlists[i]}
+            if mode.startswith("fused"):
+                short = {h.identity_id for h in ranking[i][:k_short]}
                 rows = [r for r in rows if r[0] in short]
                 scores = fused_scores([r[1] for r in rows], [r[2] for r in rows], fusion)
             else:
@@ -391,10 +436,13 @@ def local_study(
     }
 
 
-def compare_modes(bundle, images, labels, boxes=None, max_queries: int = 0, seed: int = 0, progress=True) -> dict:
+def compare_modes(
+    bundle, images, labels, boxes=None, max_queries: int = 0, seed: int = 0, progress=True, fused_ks=()
+) -> dict:
     """Top-1 and MAP@5 of ``embedding``, ``local`` and ``fused`` on the same labelled queries (see
     :func:`local_study`); ``max_queries`` draws a seeded random subset (``local`` matches every
-    gallery photo, about 2 ms a pair on one core)."""
+    gallery photo, about 1 to 2 ms a pair on one core); ``fused_ks`` adds ``fused@K`` rows for other
+    shortlist sizes (0 = every identity)."""
     manifest = load_manifest(bundle)
     if manifest.local_features is None:
         raise ConfigError("the bundle has no local features: run `whaleid build-gallery --local-features` first")
@@ -406,7 +454,9 @@ def compare_modes(bundle, images, labels, boxes=None, max_queries: int = 0, seed
         rows = [rows[i] for i in sorted(pick)]
     names, truths, embs, skipped = _queries_against(gallery, embedder, images, rows, progress)
     boxes_of = {img: box for img, _, box in rows}
-    study = local_study(bundle, manifest, gallery, embedder, images, names, truths, embs, boxes_of, progress=progress)
+    study = local_study(
+        bundle, manifest, gallery, embedder, images, names, truths, embs, boxes_of, progress=progress, fused_ks=fused_ks
+    )
     gallery.close()
     out = {
         mode: {
@@ -430,6 +480,7 @@ def compare_modes(bundle, images, labels, boxes=None, max_queries: int = 0, seed
         calibration=list(study["calibration"]),
         fusion=list(study["fusion"]),
         local_ms_per_query=round(1000 * study["seconds_per_query_local"], 1),
+        shortlist_k=manifest.local_features.shortlist_k,
         skipped_enrolled=skipped,
     )
     return out
