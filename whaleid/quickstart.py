@@ -3,7 +3,9 @@
 1. data: the synthetic fluke set (default) or your photos (``--images DIR --labels CSV``);
 2. train ``configs/cpu-small.yaml`` (a few minutes on 2 CPU cores);
 3. export the bundle (ONNX + manifest, verified against torch);
-4. build the gallery from every labelled photo;
+4. build the gallery from the run's training photos, choose the new_whale threshold on its
+   validation photos as the service will see them (no boxes: the bundle's TTA boxes, as for an
+   upload), then enrol the validation photos too;
 5. serve on 127.0.0.1:8000 and print ``curl`` examples.
 
 A bundle that already exists is served as it is (delete the folder to rebuild it).
@@ -36,13 +38,16 @@ def _step(n: int, text: str) -> float:
     return time.perf_counter()
 
 
-def build(home: Path, images: Path | None, labels: Path | None, boxes: Path | None) -> Path:
-    """Steps 1 to 4; returns the bundle folder."""
+def build(
+    home: Path, images: Path | None, labels: Path | None, boxes: Path | None, overrides: list[str] | None = None
+) -> Path:
+    """Steps 1 to 4; returns the bundle folder. ``overrides`` are ``key=value`` training-config
+    overrides applied after the quickstart's own (as ``whaleid train --set``)."""
     from training.config import load_config
     from training.engine import train
     from training.export import export_bundle
     from training.synthetic import make_synthetic_dataset
-    from whaleid.workflows import build_gallery
+    from whaleid.workflows import build_gallery, calibrate, split_csv
 
     bundle = home / "bundle"
     t = _step(1, "data")
@@ -55,10 +60,11 @@ def build(home: Path, images: Path | None, labels: Path | None, boxes: Path | No
     else:
         typer.echo(f"      photos {images}, labels {labels}" + (f", boxes {boxes}" if boxes else ""))
     t = _step(2, f"train {config_path().name} (progress below; about 3 minutes on 2 cores for the synthetic set)")
+    extra = list(overrides or [])
     overrides = [f"run_dir={home / 'run'}", f"data.images={images}", f"data.labels={labels}"]
     if boxes:
         overrides.append(f"data.boxes={boxes}")
-    cfg = load_config(config_path(), overrides)
+    cfg = load_config(config_path(), [*overrides, *extra])
     resume = (home / "run" / "checkpoints" / "last.pt").exists() and not (home / "run" / "eval.json").exists()
     run = train(cfg, resume=resume)
     ev = json.loads((run / "eval.json").read_text())
@@ -71,9 +77,18 @@ def build(home: Path, images: Path | None, labels: Path | None, boxes: Path | No
     typer.echo(
         f"      max |onnxruntime - torch| = {max(rep.max_abs_diff.values()):.1e} ({time.perf_counter() - t:.0f} s)"
     )
-    t = _step(4, "build the gallery")
-    stats = build_gallery(bundle, images, labels, boxes, reset=True)
-    typer.echo(f"      {stats['identities']} whales, {stats['photos']} photos ({time.perf_counter() - t:.0f} s)")
+    t = _step(4, "build the gallery and choose the new_whale threshold as the service sees photos")
+    split = home / "split"
+    split_csv(run, split)
+    build_gallery(bundle, images, split / "gallery.csv", split / "gallery_boxes.csv", reset=True, progress=False)
+    # training chose its threshold on box crops; an upload has no box, so choose it again on the
+    # validation photos without their boxes (the bundle's TTA boxes, exactly as /identify does)
+    cal = calibrate(bundle, images, split / "queries.csv", progress=False)
+    stats = build_gallery(bundle, images, labels, boxes, progress=False)
+    typer.echo(
+        f"      {stats['gallery_identities']} whales; validation as served: MAP@5 {cal['map5']:.3f}, "
+        f"new_whale threshold {cal['threshold']:.3f} ({time.perf_counter() - t:.0f} s)"
+    )
     return bundle
 
 
@@ -98,6 +113,7 @@ def quickstart(
     host: str = "127.0.0.1",
     port: int = 8000,
     serve: bool = True,
+    overrides: list[str] | None = None,
 ) -> Path:
     """Build the quickstart bundle when missing, then serve it (see the module docstring)."""
     if (images is None) != (labels is None):
@@ -108,7 +124,7 @@ def quickstart(
     if (bundle / MANIFEST_NAME).exists() and (bundle / "gallery").exists():
         typer.echo(f"bundle {bundle} exists: serving it (delete the folder to rebuild)")
     else:
-        bundle = build(home, images, labels, boxes)
+        bundle = build(home, images, labels, boxes, overrides)
         typer.secho(f"bundle ready in {time.perf_counter() - t0:.0f} s: {bundle}", fg=typer.colors.GREEN)
     example = None
     photos = images or home / "synthetic" / "images"

@@ -48,8 +48,14 @@ def test_bundle_gallery_matches_torch_centroids(real_bundle, real_subset, tmp_pa
     m = load_manifest(real_bundle)
     onnx_gallery = Gallery.for_manifest(real_bundle / "gallery", m)
     torch_gallery = Gallery(tmp_path / "torch", m.model.embedding_dim, durable=False)
-    build_gallery(torch_gallery, _torch_embedder(real_bundle), real_subset["images"],
-                  [(img, w, None) for img, w in real_subset["gallery_rows"]], thumbnails=False, progress=False)
+    build_gallery(
+        torch_gallery,
+        _torch_embedder(real_bundle),
+        real_subset["images"],
+        [(img, w, None) for img, w in real_subset["gallery_rows"]],
+        thumbnails=False,
+        progress=False,
+    )
     whales = sorted({w for _, w in real_subset["gallery_rows"]})
     cos = np.array([float(onnx_gallery.centroid(w) @ torch_gallery.centroid(w)) for w in whales])
     assert len(cos) == 40 and cos.min() >= 0.9999, cos.min()

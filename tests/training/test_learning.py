@@ -18,12 +18,15 @@ pytestmark = pytest.mark.slow
 
 def test_cpu_small_learns_the_synthetic_set(tmp_path):
     data = make_synthetic_dataset(tmp_path / "synthetic")
-    cfg = load_config("configs/cpu-small.yaml", [
-        f"run_dir={tmp_path / 'run'}",
-        f"data.images={data / 'images'}",
-        f"data.labels={data / 'train.csv'}",
-        f"data.boxes={data / 'boxes.csv'}",
-    ])
+    cfg = load_config(
+        "configs/cpu-small.yaml",
+        [
+            f"run_dir={tmp_path / 'run'}",
+            f"data.images={data / 'images'}",
+            f"data.labels={data / 'train.csv'}",
+            f"data.boxes={data / 'boxes.csv'}",
+        ],
+    )
     run = train(cfg, progress=False)
     report = json.loads((run / "eval.json").read_text())
     assert report["queries"] == 53 and report["queries_new_whale"] == 15

@@ -1,0 +1,61 @@
+"""``whaleid quickstart`` steps 1 to 4 on a tiny synthetic set with a tiny model (serving is tested in
+tests/service): the bundle, its gallery and a new_whale threshold chosen as the service sees photos."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from core.manifest import load_manifest
+from whaleid.cli import app
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_builds_a_servable_bundle(tmp_path):
+    from index.gallery import Gallery
+    from training.synthetic import SyntheticSpec, make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", SyntheticSpec(identities=10, new_whales=4, seed=5))
+    home = tmp_path / "qs"
+    args = ["quickstart", "--no-serve", "--home", home, "--images", data / "images"]
+    args += ["--labels", data / "train.csv", "--boxes", data / "boxes.csv"]
+    for o in (
+        "model.backbone=test_resnet",
+        "model.input_size=[32, 64]",
+        "model.embedding_dim=32",
+        "optim.batch_size=8",
+        'stages=[{"name": "s1", "epochs": 2, "min_images": 1}]',
+    ):
+        args += ["--set", o]
+    res = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "[5/5] serve on http://127.0.0.1:8000" in res.output and "curl -F file=@" in res.output
+
+    bundle = home / "bundle"
+    manifest = load_manifest(bundle)
+    assert manifest.model.embedding_dim == 32 and tuple(manifest.preprocess.input_size) == (32, 64)
+    # the threshold was re-chosen on the validation photos without boxes (calibrate), not copied
+    # from training, whose evaluation used the photos' boxes
+    run_eval = json.loads((home / "run" / "eval.json").read_text())
+    spec = manifest.thresholds["embedding"]
+    assert spec.rule == "max_map5" and spec.val_map5 is not None
+    assert f"validation as served: MAP@5 {spec.val_map5:.3f}, new_whale threshold {spec.value:.3f}" in res.output
+    queries = list(csv.DictReader((home / "split" / "queries.csv").read_text().splitlines()))
+    assert len(queries) == run_eval["queries"]
+    # every named whale of the labels is enrolled, the validation photos included
+    rows = list(csv.DictReader((data / "train.csv").read_text().splitlines()))
+    named = {r["Id"] for r in rows if r["Id"] != "new_whale"}
+    gallery = Gallery.for_manifest(bundle / manifest.gallery.folder, manifest)
+    try:
+        assert {n for n, flipped in gallery.store.identity_names().values() if not flipped} == named
+        assert gallery.store.count_images() == sum(1 for r in rows if r["Id"] != "new_whale")
+    finally:
+        gallery.close()
+
+    # a second run serves the existing bundle without rebuilding it
+    again = CliRunner().invoke(app, [str(a) for a in args[:4]], catch_exceptions=False)
+    assert again.exit_code == 0 and "exists: serving it" in again.output
