@@ -135,6 +135,9 @@ class Gallery:
         self._image_owner: dict[int, int] = {}
         self._images_of: dict[int, set[int]] = defaultdict(set)
         self._vectors = VectorIndex(self.dim, factory)
+        self._generation = -1  # the store generation the in-memory index reflects (-1: unknown)
+        self.refresh_interval_s = 1.0
+        self._checked_at = 0.0
         self._load_or_rebuild()
 
     @classmethod
@@ -157,39 +160,83 @@ class Gallery:
         return self.folder / INDEX_FILE
 
     def _load_or_rebuild(self) -> None:
-        self._names = self.store.identity_names()
-        image_ids, idents, embs = self.store.all_embeddings()
-        self._image_owner = dict(zip(image_ids.tolist(), idents.tolist(), strict=True))
-        self._images_of = defaultdict(set)
-        for img, ident in self._image_owner.items():
-            self._images_of[ident].add(img)
-        generation = self.store.generation
+        """Load the index snapshot when it matches the store's generation, else rebuild from the store.
+
+        Reads the store in one transaction, builds the new index aside, then swaps it in under the
+        exclusive lock, so searches running meanwhile see the old or the new gallery, never a mix.
+        """
+        generation, names, image_ids, idents, embs = self.store.snapshot()
+        image_owner = dict(zip(image_ids.tolist(), idents.tolist(), strict=True))
+        images_of: dict[int, set[int]] = defaultdict(set)
+        for img, ident in image_owner.items():
+            images_of[ident].add(img)
+        vectors = None
         if self.index_path.exists():
-            vectors, meta = VectorIndex.load(self.index_path, self.dim, self.factory)
+            loaded, meta = VectorIndex.load(self.index_path, self.dim, self.factory)
             if meta.get("generation") == generation and meta.get("scoring") == self.scoring:
-                self._vectors = vectors
-                return
-            log.info(
-                "gallery index %s is stale (generation %s, store %s): rebuilding",
-                self.index_path,
-                meta.get("generation"),
-                generation,
-            )
-        self._vectors = VectorIndex(self.dim, self.factory)
-        if self.scoring == "image_max":
-            if len(image_ids):
-                self._vectors.upsert(image_ids, embs)
-            return
-        if len(image_ids):
-            order = np.argsort(idents, kind="stable")
-            uniq, starts = np.unique(idents[order], return_index=True)
-            sums = np.add.reduceat(embs[order].astype(np.float64), starts, axis=0)
-            self._vectors.upsert(uniq, l2_normalize(sums))
+                vectors = loaded
+            else:
+                log.info(
+                    "gallery index %s is stale (generation %s, store %s): rebuilding",
+                    self.index_path,
+                    meta.get("generation"),
+                    generation,
+                )
+        if vectors is None:
+            vectors = VectorIndex(self.dim, self.factory)
+            if self.scoring == "image_max":
+                if len(image_ids):
+                    vectors.upsert(image_ids, embs)
+            elif len(image_ids):
+                order = np.argsort(idents, kind="stable")
+                uniq, starts = np.unique(idents[order], return_index=True)
+                sums = np.add.reduceat(embs[order].astype(np.float64), starts, axis=0)
+                vectors.upsert(uniq, l2_normalize(sums))
+        with self._rw.write():
+            self._names, self._image_owner, self._images_of = names, image_owner, images_of
+            self._vectors, self._generation = vectors, generation
+
+    def refresh(self, force: bool = False) -> bool:
+        """Pick up changes another process (e.g. ``whaleid build-gallery``) committed to the store.
+
+        Checks the store's generation at most every ``refresh_interval_s`` seconds (always with
+        ``force``) and reloads when it differs from the one the in-memory index reflects.
+
+        Returns:
+            Whether the gallery was reloaded.
+        """
+        import time
+
+        now = time.monotonic()
+        if not force and now - self._checked_at < self.refresh_interval_s:
+            return False
+        self._checked_at = now
+        if self.store.generation == self._generation:
+            return False
+        with self._mutate:
+            if self.store.generation == self._generation:
+                return False
+            log.info("gallery store %s changed outside this process: reloading", self.store.path)
+            self._load_or_rebuild()
+            return True
+
+    def _track(self) -> bool:
+        """After one of this gallery's own store changes: advance the generation, or tell (False) that
+        another process changed the store in between, so the caller reloads instead of patching."""
+        change, self.store.last_change = self.store.last_change, None
+        if change is None:
+            return True  # nothing committed (e.g. only duplicates)
+        if change[0] == self._generation:
+            self._generation = change[1]
+            return True
+        self._generation = -1
+        return False
 
     def save(self) -> Path:
-        """Snapshot the FAISS index beside the store (atomic), tagged with the store's generation."""
+        """Snapshot the FAISS index beside the store (atomic), tagged with the store generation it
+        reflects (a snapshot taken after another process's change is tagged stale and rebuilt)."""
         with self._mutate, self._rw.read():
-            return self._vectors.save(self.index_path, {"generation": self.store.generation, "scoring": self.scoring})
+            return self._vectors.save(self.index_path, {"generation": self._generation, "scoring": self.scoring})
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -248,12 +295,16 @@ class Gallery:
         validate_whale_id(whale_id)
         with self._mutate:
             out = self.store.add_images(whale_id, images)
+            in_step = self._track()
             self._names[out.identity_id] = (whale_id, False)
             self._resync(out.identity_id)
             if flipped:
                 fout = self.store.add_images(flipped_id(whale_id), flipped, flipped=True)
+                in_step = self._track() and in_step
                 self._names[fout.identity_id] = (flipped_id(whale_id), True)
                 self._resync(fout.identity_id)
+            if not in_step:
+                self._load_or_rebuild()
             total = len(self._images_of.get(out.identity_id, ()))
         return AddResult(whale_id, out.added_ids, out.duplicate_ids, total)
 
@@ -266,6 +317,8 @@ class Gallery:
         with self._mutate:
             for ident in self.store.remove_identity(whale_id):
                 self._resync(ident)
+            if not self._track():
+                self._load_or_rebuild()
 
     def remove_image(self, whale_id: str, image_id: int) -> bool:
         """Delete one photo (and its mirror copy). Returns whether the identity went with it.
@@ -281,6 +334,8 @@ class Gallery:
             self._resync(ident)
             if mirror is not None:
                 self._resync(mirror)
+            if not self._track():
+                self._load_or_rebuild()
         return deleted
 
     # -- queries -----------------------------------------------------------------------------
@@ -310,6 +365,7 @@ class Gallery:
             One list of up to ``k`` hits per query (fewer when the gallery is smaller).
         """
         q = as_float32_matrix(queries, self.dim, "queries")
+        self.refresh()
         with self._rw.read():
             total = len(self._vectors)
             if total == 0:

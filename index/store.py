@@ -160,6 +160,7 @@ class GalleryStore:
         self.path = Path(path)
         self.dim = int(dim)
         self._lock = threading.RLock()
+        self.last_change: tuple[int, int] | None = None  # (generation before, after) of the last change
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
@@ -237,6 +238,8 @@ class GalleryStore:
 
     def _bump(self) -> None:
         self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+        new = int(self._meta("generation") or 0)
+        self.last_change = (new - 1, new)  # read by Gallery (one writer thread at a time) after the call
 
     # -- identities ----------------------------------------------------------------------------
 
@@ -422,6 +425,28 @@ class GalleryStore:
         with self._lock:
             row = self._db.execute("SELECT sha256 FROM images WHERE id=?", (int(image_id),)).fetchone()
         return None if row is None else row[0]
+
+    def snapshot(self) -> tuple[int, dict[int, tuple[str, bool]], np.ndarray, np.ndarray, np.ndarray]:
+        """One consistent read of the whole store, even while another process writes to it.
+
+        Returns:
+            ``(generation, identity_names(), *all_embeddings())`` as of one read transaction.
+        """
+        with self._lock:
+            self._db.execute("BEGIN")  # a deferred read transaction: one WAL snapshot for all reads
+            try:
+                generation = int(self._meta("generation") or 0)
+                names = self._db.execute("SELECT id, whale_id, flipped FROM identities").fetchall()
+                rows = self._db.execute("SELECT id, identity_id, embedding FROM images ORDER BY id").fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        return (
+            generation,
+            {int(r[0]): (r[1], bool(r[2])) for r in names},
+            np.array([r[0] for r in rows], dtype=np.int64),
+            np.array([r[1] for r in rows], dtype=np.int64),
+            self._stack(r[2] for r in rows),
+        )
 
     def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every photo: ``(image_ids (n,) int64, identity_ids (n,) int64, embeddings (n, d) float32)``."""

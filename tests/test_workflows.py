@@ -241,3 +241,12 @@ def test_detector_boxes_are_on_the_upright_photo(synth_bundle, odd_images_dir, t
     boxes = bundle_embedder(bundle, m).boxes_for(img.pixels)
     assert boxes.shape == (5, 4) and (boxes[:, 2] <= 533).all() and (boxes[:, 3] <= 800).all()
     np.testing.assert_allclose(boxes[4], [0, 0, 533, 800])  # the policy's full-frame box, portrait
+
+
+def test_serve_refuses_a_wrong_bundle_or_setting_in_one_line(synth_bundle, monkeypatch, tmp_path):
+    res = runner.invoke(app, ["serve", str(tmp_path / "no-bundle")])
+    assert res.exit_code == 2 and "error: cannot read manifest" in res.output
+    assert "Traceback" not in res.output
+    monkeypatch.setenv("WHALEID_MAX_UPLOAD_BYTES", "-5")
+    res = runner.invoke(app, ["serve", str(synth_bundle / "bundle"), "--port", "1"])
+    assert res.exit_code == 2 and "error: max_upload_bytes: Input should be greater than 0" in res.output

@@ -47,12 +47,19 @@ def _domain_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from pydantic import ValidationError
+
         from core.errors import WhaleidError
 
         try:
             return fn(*args, **kwargs)
         except WhaleidError as exc:
             typer.secho(f"error: {exc.detail}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        except ValidationError as exc:  # the service's WHALEID_* settings, checked at start-up
+            for err in exc.errors():
+                where = ".".join(str(p) for p in err.get("loc", ()))
+                typer.secho(f"error: {where + ': ' if where else ''}{err['msg']}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -282,6 +289,9 @@ def serve(
 ) -> None:
     """Serve POST /identify and /gallery for a bundle (settings: WHALEID_* environment variables)."""
     _setup_logging()
+    from core.manifest import load_manifest
+
+    load_manifest(bundle)  # a clear one-line error for a wrong path, before the server starts
     os.environ["WHALEID_BUNDLE"] = str(bundle)
     if gallery_dir is not None:
         os.environ["WHALEID_GALLERY_DIR"] = str(gallery_dir)
@@ -358,7 +368,7 @@ def predict(
         "submission.csv"
     ),
     log: Annotated[
-        Path | None, typer.Option(help="JSON lines log (default OUT.jsonl); makes the run resumable.")
+        Path | None, typer.Option(help="JSON lines log (default: OUT with .jsonl for .csv, e.g. sub.jsonl); makes the run resumable.")
     ] = None,
     labels: Annotated[Path | None, typer.Option(help="Only these photos, and report MAP@5 against the labels.")] = None,
     class_balance: Annotated[bool, typer.Option(help="Apply the 1st-place class-balance swap.")] = False,

@@ -206,3 +206,49 @@ def test_searches_run_while_enrolling(tmp_path):
         t.join()
     assert not errors
     assert len(g) == 33
+
+
+def test_changes_from_another_process_are_picked_up_and_never_hidden_by_a_snapshot(tmp_path):
+    """The service and `whaleid build-gallery` may open one gallery folder at once (two Gallery objects
+    here, as two processes would): neither may hide the other's whales."""
+    server = build(tmp_path)
+    server.refresh_interval_s = 3600.0  # no periodic check: only the generation bookkeeping is tested
+    cli = Gallery(tmp_path / "g", dim=4)
+    cli.add("D", [img(E[3], "d0")])
+    cli.save()
+    cli.close()
+    assert "D" not in server.whale_ids()  # not checked yet
+    # the server snapshots its index at shutdown, without D: the snapshot must be tagged stale
+    server.save()
+    server.close()
+    reopened = Gallery(tmp_path / "g", dim=4)
+    [hits] = reopened.search(E[3], k=1)
+    assert names(hits) == ["D"] and hits[0].score == pytest.approx(1.0)
+    reopened.close()
+
+
+def test_own_change_after_another_process_changed_the_store_reloads_everything(tmp_path):
+    server = build(tmp_path)
+    server.refresh_interval_s = 3600.0
+    cli = Gallery(tmp_path / "g", dim=4)
+    cli.add("D", [img(E[3], "d0")])
+    cli.close()
+    server.add("E", [img(E[1] + E[3], "e0")])  # generation moved by 2: the server reloads, D included
+    assert server.whale_ids() == ["A", "B", "C", "D", "E"]
+    [hits] = server.search(E[3], k=2)
+    assert names(hits) == ["D", "E"]
+    np.testing.assert_allclose([h.score for h in hits], [1.0, S2], atol=1e-6)
+    server.close()
+
+
+def test_periodic_refresh_finds_a_whale_enrolled_elsewhere(tmp_path):
+    server = build(tmp_path)
+    server.refresh_interval_s = 0.0
+    other = Gallery(tmp_path / "g", dim=4)
+    other.add("D", [img(E[3], "d0")])
+    other.remove_identity("B")
+    other.close()
+    [hits] = server.search(E[3], k=5)
+    assert names(hits) == ["D", "A", "C"]  # B is gone; A and C score 0 against e3, ordered by id
+    assert server.refresh() is False  # nothing new since
+    server.close()
