@@ -368,7 +368,8 @@ def predict(
         "submission.csv"
     ),
     log: Annotated[
-        Path | None, typer.Option(help="JSON lines log (default: OUT with .jsonl for .csv, e.g. sub.jsonl); makes the run resumable.")
+        Path | None,
+        typer.Option(help="JSON lines log (default: OUT with .jsonl, e.g. sub.jsonl); makes the run resumable."),
     ] = None,
     labels: Annotated[Path | None, typer.Option(help="Only these photos, and report MAP@5 against the labels.")] = None,
     class_balance: Annotated[bool, typer.Option(help="Apply the 1st-place class-balance swap.")] = False,
