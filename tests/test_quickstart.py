@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from core.manifest import load_manifest
 from whaleid.cli import app
+from whaleid.quickstart import FUSED_SHORTLIST_ALL
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +42,16 @@ def test_quickstart_builds_a_servable_bundle(tmp_path):
     # the threshold was re-chosen on the validation photos without boxes (calibrate), not copied
     # from training, whose evaluation used the photos' boxes
     run_eval = json.loads((home / "run" / "eval.json").read_text())
-    spec = manifest.thresholds["embedding"]
-    assert spec.rule == "max_map5" and spec.val_map5 is not None
-    assert f"validation as served: MAP@5 {spec.val_map5:.3f}, new_whale threshold {spec.value:.3f}" in res.output
+    emb, fused = manifest.thresholds["embedding"], manifest.thresholds["fused"]
+    assert emb.rule == fused.rule == "max_map5" and None not in (emb.val_map5, fused.val_map5)
+    # local features on; fused re-ranks every whale; the better mode on validation is the default
+    assert manifest.local_features is not None and manifest.local_features.shortlist_k == FUSED_SHORTLIST_ALL
+    best = "fused" if fused.val_map5 >= emb.val_map5 else "embedding"
+    assert manifest.scoring == best
+    assert (
+        f"validation as served: MAP@5 {emb.val_map5:.3f} with the embedding alone, {fused.val_map5:.3f} fused "
+        f"with SIFT + RANSAC; default scoring: {best}"
+    ) in res.output
     queries = list(csv.DictReader((home / "split" / "queries.csv").read_text().splitlines()))
     assert len(queries) == run_eval["queries"]
     # every named whale of the labels is enrolled, the validation photos included
