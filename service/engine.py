@@ -325,6 +325,7 @@ class WhaleService:
         wid = whale_id or await to_thread.run_sync(self.gallery.store.next_auto_whale_id)
         res = await to_thread.run_sync(self.gallery.add, wid, new, mirror or None)
         self.changed()
+        others = await to_thread.run_sync(self._other_owners, wid, [img.sha256 for img in new])
         return {
             "whale_id": wid,
             "images_added": len(res.image_ids),
@@ -332,7 +333,13 @@ class WhaleService:
             "duplicates": len(res.duplicate_image_ids),
             "images_total": res.images_total,
             "gallery_size": len(self.gallery),
+            "also_enrolled_as": others,
         }
+
+    def _other_owners(self, whale_id: str, sha256s: list[str]) -> list[str]:
+        """Whales other than ``whale_id`` holding a photo with one of these checksums, sorted."""
+        store = self.gallery.store
+        return sorted({w for sha in set(sha256s) for w, _ in store.photos_with_sha256(sha) if w != whale_id})
 
     def _extras(self, prep: Prepared) -> tuple[bytes, bytes | None]:
         thumb = make_thumbnail(prep.image.pixels, self.settings.thumbnail_px)

@@ -98,6 +98,7 @@ class EnrolResponse(BaseModel):
                 "duplicates": 0,
                 "images_total": 2,
                 "gallery_size": 1085,
+                "also_enrolled_as": [],
             }
         }
     )
@@ -108,6 +109,10 @@ class EnrolResponse(BaseModel):
     duplicates: int = Field(description="Photos already stored for this whale (same bytes): not added again.")
     images_total: int
     gallery_size: int = Field(description="Identities in the gallery after the change.")
+    also_enrolled_as: list[str] = Field(
+        default_factory=list,
+        description="Other whales that already hold one of these photos (same bytes): worth a second look.",
+    )
 
 
 class WhaleSummary(BaseModel):

@@ -127,6 +127,9 @@ def test_build_gallery_calibrate_evaluate(synth_bundle):
     assert stats["duplicates"] == 12 and load_manifest(bundle).gallery.factory == "IDMap2,HNSW32"
     ev_hnsw = cli_json("evaluate", bundle, "--images", data / "images", "--labels", data / "queries.csv")
     assert (ev_hnsw["map5"], ev_hnsw["top1_known"]) == (ev["map5"], ev["top1_known"])
+    (data / "missing.csv").write_text("Image,Id\nnot-there.jpg,w_x\n")
+    res = runner.invoke(app, [str(a) for a in (*args[:-1], data / "missing.csv")])
+    assert res.exit_code == 2 and "no photo was enrolled: all 1 labelled photos were missing" in res.output
     bad = runner.invoke(app, [str(a) for a in (*args, "--faiss-factory", "NoSuchIndex")])
     assert bad.exit_code != 0 and "NoSuchIndex" in bad.output
     assert load_manifest(bundle).gallery.factory == "IDMap2,HNSW32"

@@ -122,6 +122,11 @@ def build_gallery(
     gallery.save()
     stats.update(gallery_identities=len(gallery), gallery_folder=str(folder))
     gallery.close()
+    if stats["photos"] == 0 and stats["skipped"] > 0:
+        raise ConfigError(
+            f"no photo was enrolled: all {stats['skipped']} labelled photos were missing or unreadable "
+            f"in {images} (the warnings above name each one)"
+        )
     return stats
 
 

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
 
+from core.errors import InvalidRequestError
 from service.deps import Service
 from service.schemas import ERRORS, IdentifyResponse
 
@@ -18,6 +19,7 @@ router = APIRouter(tags=["identify"])
     summary="Identify a fluke photo",
 )
 async def identify(
+    request: Request,
     service: Service,
     file: Annotated[UploadFile, File(description="The fluke photo (JPEG, PNG, WebP, BMP, GIF, TIFF, AVIF).")],
     k: Annotated[int, Query(ge=1, le=20, description="How many ranked entries (new_whale included).")] = 5,
@@ -35,5 +37,10 @@ async def identify(
 
     Example: `curl -F file=@fluke.jpg http://127.0.0.1:8000/identify`
     """
+    sent = len((await request.form()).getlist("file"))  # the form FastAPI already parsed (cached)
+    if sent > 1:
+        raise InvalidRequestError(
+            f"one photo per request in the field 'file' (got {sent}); POST /gallery takes several"
+        )
     data = await file.read()
     return await service.identify(data, k=k, threshold=threshold, scoring=scoring, explain=explain)

@@ -67,6 +67,11 @@ def test_enrol_identify_delete(server, real_subset):
     # same bytes again: not added twice
     again = enrol(server.url, paths[:1], whale_id="ZZ-test-whale").json()
     assert again["images_added"] == 0 and again["duplicates"] == 1 and again["images_total"] == 2
+    assert body["also_enrolled_as"] == [] and again["also_enrolled_as"] == []
+    # the same photo under another whale is stored (a biologist may mean it) but flagged
+    other = enrol(server.url, paths[:1], whale_id="ZZ-other-whale").json()
+    assert other["images_added"] == 1 and other["also_enrolled_as"] == ["ZZ-test-whale"]
+    assert httpx.delete(server.url + "/gallery/ZZ-other-whale").status_code == 200
     listing = httpx.get(server.url + "/gallery", params={"q": "ZZ-"}).json()
     assert listing["total"] == 1 and listing["whales"][0]["images"] == 2
     detail = httpx.get(server.url + "/gallery/ZZ-test-whale").json()
@@ -116,6 +121,10 @@ def test_bad_requests_are_4xx_with_stable_details(shared_server, real_subset):
     assert identify(url, img, k=21).status_code == 422
     assert len(identify(url, img, k=12).json()["predictions"]) == 12
     assert identify(url, img, scoring="local").status_code == 422  # no local features in this bundle
+    two = [("file", ("a.jpg", img.read_bytes(), "image/jpeg")), ("file", ("b.jpg", img.read_bytes(), "image/jpeg"))]
+    r = httpx.post(url + "/identify", files=two, timeout=60)
+    assert r.status_code == 422
+    assert r.json()["detail"] == "one photo per request in the field 'file' (got 2); POST /gallery takes several"
     r = httpx.post(
         url + "/gallery", files=[("files", ("a.jpg", img.read_bytes(), "image/jpeg"))], data={"whale_id": "new_whale"}
     )
