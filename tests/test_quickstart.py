@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from core.manifest import load_manifest
 from whaleid.cli import app
-from whaleid.quickstart import FUSED_SHORTLIST_ALL
+from whaleid.quickstart import FUSED_SHORTLIST_ALL, calibration_subset
 
 pytestmark = pytest.mark.slow
 
@@ -67,3 +67,13 @@ def test_quickstart_builds_a_servable_bundle(tmp_path):
     # a second run serves the existing bundle without rebuilding it
     again = CliRunner().invoke(app, [str(a) for a in args[:4]], catch_exceptions=False)
     assert again.exit_code == 0 and "exists: serving it" in again.output
+
+
+def testcalibration_subset_is_seeded_and_keeps_order(tmp_path):
+    src = tmp_path / "q.csv"
+    src.write_text("image,whale_id\n" + "".join(f"{i:03d}.jpg,w{i}\n" for i in range(10)))
+    a = calibration_subset(src, tmp_path / "a.csv", limit=4).read_text().splitlines()
+    b = calibration_subset(src, tmp_path / "b.csv", limit=4).read_text().splitlines()
+    assert a == b and a[0] == "image,whale_id" and len(a) == 5
+    assert a[1:] == sorted(a[1:])  # file order kept
+    assert calibration_subset(src, tmp_path / "c.csv", limit=50).read_text() == src.read_text()
