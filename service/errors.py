@@ -18,6 +18,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import (
     EmptyUploadError,
@@ -51,6 +52,14 @@ MISSING_API_KEY = "missing API key: send it in the X-API-Key header"
 WRONG_API_KEY = "invalid API key"
 TOO_MANY_FILES = "too many photos: at most {limit} per request"
 INTERNAL = "internal error"
+HTTP_CODES = {
+    400: "bad_request",
+    401: "missing_api_key",
+    403: "invalid_api_key",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_many_files",
+}
 
 
 def status_of(exc: WhaleidError) -> int:
@@ -85,6 +94,15 @@ def install_error_handlers(app: FastAPI) -> None:
             where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
             parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", "invalid"))
         return error_response(422, "invalid request: " + "; ".join(parts), code="invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        # the edge's own refusals (API key, too many files, unknown route, malformed multipart): the
+        # same body shape as the domain errors, with a code per status
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"detail": exc.detail, "code": code}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -205,9 +205,12 @@ def test_api_key_guards_writes(real_bundle, gallery_copy, tmp_path, real_subset)
     try:
         photo = [real_subset["images"] / next(iter(real_subset["spare"].values()))[0]]
         r = enrol(srv.url, photo, whale_id="keyed")
-        assert r.status_code == 401 and r.json()["detail"] == "missing API key: send it in the X-API-Key header"
+        assert r.status_code == 401 and r.json() == {
+            "detail": "missing API key: send it in the X-API-Key header",
+            "code": "missing_api_key",
+        }
         r = enrol(srv.url, photo, whale_id="keyed", headers={"X-API-Key": "wrong"})
-        assert r.status_code == 403 and r.json()["detail"] == "invalid API key"
+        assert r.status_code == 403 and r.json() == {"detail": "invalid API key", "code": "invalid_api_key"}
         assert httpx.delete(srv.url + "/gallery/" + real_subset["gallery_rows"][0][1]).status_code == 401
         assert enrol(srv.url, photo, whale_id="keyed", headers={"X-API-Key": "s3cret"}).status_code == 201
         # reads stay open
