@@ -55,6 +55,7 @@ def embed_folder(
     desc: str = "embedding",
     progress: bool = True,
     keep_pixels: bool = False,
+    skip: Callable[[str, str], bool] | None = None,
 ) -> Iterator[EmbeddedPhoto]:
     """Decode and embed photos of a folder in order; unreadable ones are logged and skipped.
 
@@ -65,6 +66,8 @@ def embed_folder(
         flipped: also embed the mirror image of each photo.
         keep_pixels: keep the decoded ``(H, W, 3) uint8`` photo on each result (for thumbnails or
             local features).
+        skip: ``(file name, sha256 of its bytes) -> bool``; True leaves the photo out before it is
+            decoded (e.g. a photo the gallery already holds).
 
     Yields:
         One :class:`EmbeddedPhoto` per readable photo.
@@ -76,11 +79,15 @@ def embed_folder(
         for name, box in items:
             try:
                 data = (folder / name).read_bytes()
+                sha = sha256_bytes(data)
+                if skip is not None and skip(name, sha):
+                    bar.update(1)
+                    continue
                 img = decode_image(data, FOLDER_LIMITS)
             except (OSError, InputImageError) as exc:
                 log.warning("skipping %s: %s", name, getattr(exc, "detail", exc))
                 continue
-            meta.append((name, sha256_bytes(data), img.pixels if keep_pixels else None))
+            meta.append((name, sha, img.pixels if keep_pixels else None))
             yield img.pixels, box
 
     bar = tqdm(total=len(items), desc=desc, unit="photo", disable=not progress, leave=False)
@@ -115,17 +122,36 @@ def build_gallery(
         thumbnails: keep a JPEG thumbnail of each photo in the store.
         local_features: optional ``(pixels, box) -> bytes`` computing the photo's local features.
 
+    Photos the gallery already holds for their whale (same bytes) are counted as duplicates before
+    they are decoded, so re-running on a grown folder only embeds the new photos.
+
     Returns:
         Counts: ``photos``, ``identities``, ``skipped``, ``duplicates``.
     """
     wanted = [(n, w, b) for n, w, b in photos if w not in ("new_whale", "unknown")]
     owner = {n: w for n, w, _ in wanted}
+    stored = gallery.store.stored_photos()
+    known: list[str] = []
+
+    def already_stored(name: str, sha: str) -> bool:
+        if (owner[name], sha) in stored:
+            known.append(name)
+            return True
+        return False
+
     pending: dict[str, list[NewImage]] = defaultdict(list)
     pending_flip: dict[str, list[NewImage]] = defaultdict(list)
     need_pixels = thumbnails or local_features is not None
     done = 0
     for ep in embed_folder(
-        embedder, images_dir, [(n, b) for n, _, b in wanted], flipped, "gallery", progress, keep_pixels=need_pixels
+        embedder,
+        images_dir,
+        [(n, b) for n, _, b in wanted],
+        flipped,
+        "gallery",
+        progress,
+        keep_pixels=need_pixels,
+        skip=already_stored,
     ):
         wid = owner[ep.image]
         box = ep.embedding.boxes[0]
@@ -142,9 +168,10 @@ def build_gallery(
         if flipped:
             pending_flip[wid].append(NewImage(sha256=ep.sha256, embedding=ep.embedding.flipped, source=ep.image))
         done += 1
-    added = dupes = 0
+    added, dupes = 0, len(known)
     for wid, imgs in pending.items():
         res = gallery.add(wid, imgs, pending_flip.get(wid))
         added += len(res.image_ids)
         dupes += len(res.duplicate_image_ids)
-    return {"photos": added, "identities": len(pending), "skipped": len(wanted) - done, "duplicates": dupes}
+    skipped = len(wanted) - done - len(known)
+    return {"photos": added, "identities": len(pending), "skipped": skipped, "duplicates": dupes}

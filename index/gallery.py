@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -205,8 +206,6 @@ class Gallery:
         Returns:
             Whether the gallery was reloaded.
         """
-        import time
-
         now = time.monotonic()
         if not force and now - self._checked_at < self.refresh_interval_s:
             return False

@@ -436,17 +436,18 @@ class GalleryStore:
             self._db.execute("BEGIN")  # a deferred read transaction: one WAL snapshot for all reads
             try:
                 generation = int(self._meta("generation") or 0)
-                names = self._db.execute("SELECT id, whale_id, flipped FROM identities").fetchall()
-                rows = self._db.execute("SELECT id, identity_id, embedding FROM images ORDER BY id").fetchall()
+                names, embeddings = self.identity_names(), self.all_embeddings()
             finally:
                 self._db.execute("COMMIT")
-        return (
-            generation,
-            {int(r[0]): (r[1], bool(r[2])) for r in names},
-            np.array([r[0] for r in rows], dtype=np.int64),
-            np.array([r[1] for r in rows], dtype=np.int64),
-            self._stack(r[2] for r in rows),
-        )
+        return (generation, names, *embeddings)
+
+    def stored_photos(self) -> set[tuple[str, str]]:
+        """``(whale_id, sha256)`` of every stored photo (mirror identities excluded)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT i.whale_id, m.sha256 FROM images m JOIN identities i ON i.id = m.identity_id WHERE i.flipped=0"
+            ).fetchall()
+        return {(r[0], r[1]) for r in rows}
 
     def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every photo: ``(image_ids (n,) int64, identity_ids (n,) int64, embeddings (n, d) float32)``."""

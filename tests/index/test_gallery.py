@@ -208,13 +208,21 @@ def test_searches_run_while_enrolling(tmp_path):
     assert len(g) == 33
 
 
+def serving_and_cli(tmp_path, refresh_interval_s):
+    """The gallery a server holds open, and a second one on the same folder (another process) that
+    has enrolled whale D (photo e3) and is still open."""
+    server = build(tmp_path)
+    server.refresh_interval_s = refresh_interval_s
+    cli = Gallery(tmp_path / "g", dim=4)
+    cli.add("D", [img(E[3], "d0")])
+    return server, cli
+
+
 def test_changes_from_another_process_are_picked_up_and_never_hidden_by_a_snapshot(tmp_path):
     """The service and `whaleid build-gallery` may open one gallery folder at once (two Gallery objects
     here, as two processes would): neither may hide the other's whales."""
-    server = build(tmp_path)
-    server.refresh_interval_s = 3600.0  # no periodic check: only the generation bookkeeping is tested
-    cli = Gallery(tmp_path / "g", dim=4)
-    cli.add("D", [img(E[3], "d0")])
+    # no periodic check: only the generation bookkeeping is tested
+    server, cli = serving_and_cli(tmp_path, refresh_interval_s=3600.0)
     cli.save()
     cli.close()
     assert "D" not in server.whale_ids()  # not checked yet
@@ -228,10 +236,7 @@ def test_changes_from_another_process_are_picked_up_and_never_hidden_by_a_snapsh
 
 
 def test_own_change_after_another_process_changed_the_store_reloads_everything(tmp_path):
-    server = build(tmp_path)
-    server.refresh_interval_s = 3600.0
-    cli = Gallery(tmp_path / "g", dim=4)
-    cli.add("D", [img(E[3], "d0")])
+    server, cli = serving_and_cli(tmp_path, refresh_interval_s=3600.0)
     cli.close()
     server.add("E", [img(E[1] + E[3], "e0")])  # generation moved by 2: the server reloads, D included
     assert server.whale_ids() == ["A", "B", "C", "D", "E"]
@@ -242,10 +247,7 @@ def test_own_change_after_another_process_changed_the_store_reloads_everything(t
 
 
 def test_periodic_refresh_finds_a_whale_enrolled_elsewhere(tmp_path):
-    server = build(tmp_path)
-    server.refresh_interval_s = 0.0
-    other = Gallery(tmp_path / "g", dim=4)
-    other.add("D", [img(E[3], "d0")])
+    server, other = serving_and_cli(tmp_path, refresh_interval_s=0.0)
     other.remove_identity("B")
     other.close()
     [hits] = server.search(E[3], k=5)
