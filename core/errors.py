@@ -131,3 +131,34 @@ class ConfigError(WhaleidError):
     """A configuration file or option is invalid (unknown key, wrong type, bad value)."""
 
     code = "config_error"
+
+
+# --- storage: the disk or the gallery store cannot take a change right now ---------------------
+
+
+class StorageError(WhaleidError):
+    """The gallery store or a temporary file cannot be read or written right now (disk I/O error,
+    read-only volume, missing folder). Nothing was stored; the same request may succeed later.
+
+    Attributes:
+        retry_after_s: seconds a client should wait before retrying (``Retry-After``), or None.
+    """
+
+    code = "store_unavailable"
+    retry_after_s: int | None = 5
+
+
+class StoreBusyError(StorageError):
+    """Another connection (e.g. ``whaleid build-gallery``) held the gallery store's write lock for
+    longer than the busy timeout. Nothing was stored."""
+
+    code = "store_busy"
+    retry_after_s = 1
+
+
+class InsufficientStorageError(StorageError):
+    """No space left on the disk of the gallery store or of the upload's temporary file
+    (``ENOSPC``, ``EDQUOT``, SQLite's ``SQLITE_FULL``). Nothing was stored."""
+
+    code = "insufficient_storage"
+    retry_after_s = None

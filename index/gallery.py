@@ -108,6 +108,8 @@ class Gallery:
         embedding_scoring: ``"centroid"`` or ``"image_max"``.
         model_sha256: checksum of the model whose embeddings the store holds (checked on open).
         durable: fsync every change (False only for throw-away galleries).
+        busy_timeout_s: how long a change waits for another process's write lock on the store, in
+            seconds, before failing with ``StoreBusyError``.
 
     Raises:
         CorruptArtifactError: the store or the index snapshot is unreadable (names the file).
@@ -122,6 +124,7 @@ class Gallery:
         embedding_scoring: EmbeddingScoring = "centroid",
         model_sha256: str | None = None,
         durable: bool = True,
+        busy_timeout_s: float = 5.0,
     ):
         if embedding_scoring not in ("centroid", "image_max"):
             raise ValueError(f"embedding_scoring must be 'centroid' or 'image_max', got {embedding_scoring!r}")
@@ -129,7 +132,7 @@ class Gallery:
         self.dim = int(dim)
         self.factory = factory
         self.scoring = embedding_scoring
-        self.store = GalleryStore(self.folder / STORE_FILE, self.dim, model_sha256, durable)
+        self.store = GalleryStore(self.folder / STORE_FILE, self.dim, model_sha256, durable, busy_timeout_s)
         self._rw = RWLock()
         self._mutate = threading.Lock()
         self._names: dict[int, tuple[str, bool]] = {}
@@ -142,7 +145,7 @@ class Gallery:
         self._load_or_rebuild()
 
     @classmethod
-    def for_manifest(cls, folder: str | Path, manifest: Manifest) -> Gallery:
+    def for_manifest(cls, folder: str | Path, manifest: Manifest, busy_timeout_s: float = 5.0) -> Gallery:
         """Open (or create) the gallery of a bundle with the manifest's dimension, factory and scoring."""
         g = cls(
             folder,
@@ -150,6 +153,7 @@ class Gallery:
             manifest.gallery.factory,
             manifest.gallery.embedding_scoring,
             manifest.model.sha256,
+            busy_timeout_s=busy_timeout_s,
         )
         check_embedding_dim(manifest, g.dim, f"gallery {g.folder}")
         return g

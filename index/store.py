@@ -8,15 +8,25 @@ thumbnail and the photo's local features. The store is the source of truth; the 
 Durability: WAL journal with ``synchronous=FULL``, so a committed transaction is fsynced before
 ``commit()`` returns; a ``kill -9`` afterwards loses nothing. Ids are ``AUTOINCREMENT``: an image
 or identity id is never reused after a deletion (thumbnail URLs stay cacheable).
+
+Another process may hold the write lock (``whaleid build-gallery`` while the service runs): a change
+waits for it up to ``busy_timeout_s``, without blocking this store's reads meanwhile, then fails with
+:class:`~core.errors.StoreBusyError`. Transient SQLite faults become typed errors too: a full disk
+:class:`~core.errors.InsufficientStorageError`, an I/O error, a read-only or vanished file
+:class:`~core.errors.StorageError`. A failed change is rolled back whole.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,11 +35,16 @@ import numpy as np
 
 from core.errors import (
     CorruptArtifactError,
+    InsufficientStorageError,
     InvalidIdentityError,
     ManifestMismatchError,
+    StorageError,
+    StoreBusyError,
     UnknownIdentityError,
     UnknownImageError,
 )
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 FLIP_SUFFIX = ":flipped"
@@ -86,6 +101,114 @@ def validate_whale_id(whale_id: str) -> str:
     if whale_id == NEW_WHALE:
         raise InvalidIdentityError("invalid whale_id: 'new_whale' is reserved for whales not in the gallery")
     return whale_id
+
+
+# SQLite primary result codes (https://www.sqlite.org/rescode.html) of faults that pass
+_SQLITE_BUSY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+_SQLITE_FULL = {13}  # SQLITE_FULL
+_SQLITE_TRANSIENT = {8, 10, 14, 15}  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN, SQLITE_PROTOCOL
+#: how long one attempt to take the write lock waits inside SQLite, in seconds (the store's lock is
+#: released between attempts, so reads go on while a change waits for another process)
+WRITE_ATTEMPT_S = 0.1
+
+
+def _sqlite_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return int(code) & 0xFF
+    msg = str(exc).lower()
+    if "locked" in msg or "busy" in msg:
+        return 5
+    if "disk is full" in msg:
+        return 13
+    if "disk i/o error" in msg:
+        return 10
+    if "readonly" in msg or "read-only" in msg:
+        return 8
+    if "unable to open" in msg:
+        return 14
+    return None
+
+
+def storage_error(exc: sqlite3.Error | OSError, path: str | Path) -> Exception:
+    """The typed error for a transient SQLite or OS fault, or ``exc`` itself when it is not one.
+
+    Args:
+        exc: what sqlite3 or the OS raised.
+        path: the file concerned (logged, never shown to a client).
+
+    Returns:
+        :class:`StoreBusyError`, :class:`InsufficientStorageError` or :class:`StorageError` (with the
+        original as ``__cause__`` once raised ``from`` it), else ``exc`` unchanged.
+    """
+    if isinstance(exc, OSError):
+        kind = "full" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "transient"
+    elif isinstance(exc, sqlite3.OperationalError):
+        code = _sqlite_code(exc)
+        kind = (
+            "busy"
+            if code in _SQLITE_BUSY
+            else "full"
+            if code in _SQLITE_FULL
+            else "transient"
+            if code in _SQLITE_TRANSIENT
+            else None
+        )
+    else:
+        kind = None
+    if kind is None:
+        return exc
+    log.warning("gallery store %s: %s (%s)", path, exc, kind)
+    if kind == "busy":
+        return StoreBusyError("gallery store busy: another process is changing it; nothing was stored, retry later")
+    if kind == "full":
+        return InsufficientStorageError("no space left on the gallery's disk: nothing was stored")
+    return StorageError("gallery store unavailable (disk or file error): nothing was stored, retry later")
+
+
+class _Cursor:
+    """A sqlite3 cursor whose transient faults become typed errors."""
+
+    def __init__(self, cur: sqlite3.Cursor, path: Path):
+        self._cur, self._path = cur, path
+
+    @property
+    def lastrowid(self):
+        return self._cur.lastrowid
+
+    def fetchone(self):
+        try:
+            return self._cur.fetchone()
+        except sqlite3.OperationalError as exc:
+            raise storage_error(exc, self._path) from exc
+
+    def fetchall(self):
+        try:
+            return self._cur.fetchall()
+        except sqlite3.OperationalError as exc:
+            raise storage_error(exc, self._path) from exc
+
+
+class _Connection:
+    """The store's sqlite3 connection; transient faults (busy, full, I/O) become typed errors."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path):
+        self._db, self._path = db, path
+
+    def execute(self, sql: str, params=()) -> _Cursor:
+        try:
+            return _Cursor(self._db.execute(sql, params), self._path)
+        except sqlite3.OperationalError as exc:
+            raise storage_error(exc, self._path) from exc
+
+    def executescript(self, sql: str) -> None:
+        try:
+            self._db.executescript(sql)
+        except sqlite3.OperationalError as exc:
+            raise storage_error(exc, self._path) from exc
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def _now() -> str:
@@ -150,20 +273,38 @@ class GalleryStore:
             records another one, opening fails (the embeddings would not be comparable).
         durable: fsync every commit (``synchronous=FULL``); False only for throw-away galleries
             such as training's validation gallery.
+        busy_timeout_s: how long a change waits for another connection's write lock, in seconds.
 
     Raises:
         CorruptArtifactError: the file is not a readable SQLite database or fails ``quick_check``.
         ManifestMismatchError: the file holds embeddings of another dimension or model.
+        StorageError: (and its subclasses, from any method) a transient fault: the write lock stayed
+            taken past ``busy_timeout_s`` (``StoreBusyError``), a full disk (``InsufficientStorageError``),
+            an I/O error or a read-only file.
     """
 
-    def __init__(self, path: str | Path, dim: int, model_sha256: str | None = None, durable: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        dim: int,
+        model_sha256: str | None = None,
+        durable: bool = True,
+        busy_timeout_s: float = 5.0,
+    ):
         self.path = Path(path)
         self.dim = int(dim)
+        self.busy_timeout_s = float(busy_timeout_s)
         self._lock = threading.RLock()
         self.last_change: tuple[int, int] | None = None  # (generation before, after) of the last change
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            raw = sqlite3.connect(
+                str(self.path),
+                check_same_thread=False,
+                isolation_level=None,
+                timeout=WRITE_ATTEMPT_S,
+            )
+            self._db = _Connection(raw, self.path)
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=" + ("FULL" if durable else "OFF"))
@@ -185,7 +326,7 @@ class GalleryStore:
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, str(value)))
 
     def _init_meta(self, model_sha256: str | None) -> None:
-        with self._lock, self._tx():
+        with self._write():
             dim = self._meta("dim")
             if dim is None:
                 self._set_meta("schema_version", SCHEMA_VERSION)
@@ -218,23 +359,49 @@ class GalleryStore:
 
     # -- transactions --------------------------------------------------------------------------
 
-    class _Tx:
-        def __init__(self, db):
-            self.db = db
+    @contextmanager
+    def _write(self):
+        """A write transaction (``BEGIN IMMEDIATE``) under the store's lock, committed on success.
 
-        def __enter__(self):
-            self.db.execute("BEGIN IMMEDIATE")
-            return self.db
+        Waits for another connection's write lock up to ``busy_timeout_s``, in attempts of
+        ``WRITE_ATTEMPT_S`` with the store's lock released in between (reads go on meanwhile).
 
-        def __exit__(self, exc_type, exc, tb):
-            if exc_type is None:
-                self.db.execute("COMMIT")  # fsynced (synchronous=FULL) before returning
-            else:
-                self.db.execute("ROLLBACK")
-            return False
+        Raises:
+            StoreBusyError: the write lock was still taken after ``busy_timeout_s``.
+        """
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            self._lock.acquire()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                break
+            except StoreBusyError:
+                self._lock.release()
+                if time.monotonic() >= deadline:
+                    log.warning("gallery store %s: write lock still taken after %.1f s", self.path, self.busy_timeout_s)
+                    raise
+                time.sleep(0.05)
+            except BaseException:
+                self._lock.release()
+                raise
+        try:
+            try:
+                yield self._db
+            except BaseException:
+                self._rollback_quietly()
+                raise
+            try:
+                self._db.execute("COMMIT")  # fsynced (synchronous=FULL) before returning
+            except BaseException:
+                self._rollback_quietly()
+                raise
+        finally:
+            self._lock.release()
 
-    def _tx(self):
-        return self._Tx(self._db)
+    def _rollback_quietly(self) -> None:
+        # SQLite may have rolled the transaction back already (e.g. after SQLITE_FULL)
+        with suppress(sqlite3.Error, StorageError):
+            self._db.execute("ROLLBACK")
 
     def _bump(self) -> None:
         self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
@@ -260,7 +427,7 @@ class GalleryStore:
 
     def next_auto_whale_id(self) -> str:
         """A new readable whale id, ``whale-00001``, ``whale-00002``..., never used in this store."""
-        with self._lock, self._tx():
+        with self._write():
             n = int(self._meta("next_auto_id") or 1)
             while True:
                 candidate = f"whale-{n:05d}"
@@ -289,7 +456,7 @@ class GalleryStore:
             emb = np.asarray(img.embedding, dtype=np.float32).reshape(-1)
             if emb.shape != (self.dim,) or not np.isfinite(emb).all():
                 raise ValueError(f"embedding must be ({self.dim},) finite float32, got {emb.shape}")
-        with self._lock, self._tx():
+        with self._write():
             row = self._identity_row(whale_id)
             if row is None:
                 cur = self._db.execute(
@@ -333,7 +500,7 @@ class GalleryStore:
         Raises:
             UnknownIdentityError: no such identity.
         """
-        with self._lock, self._tx():
+        with self._write():
             row = self._identity_row(whale_id)
             if row is None:
                 raise UnknownIdentityError(whale_id)
@@ -356,7 +523,7 @@ class GalleryStore:
         Raises:
             UnknownIdentityError, UnknownImageError.
         """
-        with self._lock, self._tx():
+        with self._write():
             row = self._identity_row(whale_id)
             if row is None:
                 raise UnknownIdentityError(whale_id)

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         scoring: default scoring mode (default: the manifest's).
         thumbnail_px: longest side of the thumbnails kept for enrolled photos, in pixels.
         snapshot_every: save the gallery's FAISS snapshot after this many changes (and at shutdown).
+        tmp_dir: folder of the uploads' temporary files (default: the system's, ``TMPDIR``); it needs
+            room for ``max_request_bytes`` per request in flight.
+        min_free_bytes: ``/ready`` fails (503) when the gallery's disk or ``tmp_dir`` has less free space.
+        busy_timeout_s: how long a change waits for another process's write lock on the gallery store
+            (e.g. ``whaleid build-gallery``), in seconds, before answering 503 ``store_busy``.
     """
 
     model_config = SettingsConfigDict(env_prefix="WHALEID_", case_sensitive=False, extra="ignore")
@@ -53,12 +58,22 @@ class Settings(BaseSettings):
     thumbnail_px: int = Field(256, ge=32, le=2048)
     snapshot_every: int = Field(100, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    tmp_dir: Path | None = None
+    min_free_bytes: int = Field(100 * MiB, ge=0)
+    busy_timeout_s: float = Field(5.0, ge=0, le=600)
 
     @field_validator("bundle")
     @classmethod
     def _bundle_exists(cls, v: Path) -> Path:
         if not (v / "manifest.json").is_file():
             raise ValueError(f"WHALEID_BUNDLE={v} is not a bundle folder (no manifest.json in it)")
+        return v
+
+    @field_validator("tmp_dir")
+    @classmethod
+    def _tmp_dir_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_dir():
+            raise ValueError(f"WHALEID_TMP_DIR={v} is not a folder")
         return v
 
     @field_validator("api_key")

@@ -8,24 +8,30 @@
 | InvalidImageError (truncated, corrupt)     | 422    |
 | InvalidIdentityError, InvalidRequestError  | 422    |
 | UnknownIdentityError, UnknownImageError    | 404    |
+| StoreBusyError, StorageError (transient)   | 503 + Retry-After |
+| InsufficientStorageError (disk full)       | 507    |
 | anything else                              | 500    |
 """
 
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from core.errors import (
     EmptyUploadError,
     ImageTooLargeError,
+    InsufficientStorageError,
     InvalidIdentityError,
     InvalidImageError,
     InvalidRequestError,
+    StorageError,
     UnknownIdentityError,
     UnknownImageError,
     UnsupportedFormatError,
@@ -43,6 +49,8 @@ STATUS = {
     InvalidRequestError: 422,
     UnknownIdentityError: 404,
     UnknownImageError: 404,
+    StorageError: 503,
+    InsufficientStorageError: 507,
 }
 
 # Stable messages for errors raised at the HTTP edge itself.
@@ -60,13 +68,66 @@ HTTP_CODES = {
     405: "method_not_allowed",
     413: "too_many_files",
 }
+# Codes the HTTP edge sends itself (the domain errors carry theirs): code -> (status, when it is sent).
+EDGE_CODES = {
+    "missing_field": (400, "a required multipart field (the photo) is missing"),
+    "bad_request": (400, "a malformed multipart or form body"),
+    "missing_api_key": (401, "a write without the X-API-Key header (when WHALEID_API_KEY is set)"),
+    "invalid_api_key": (403, "a write with a wrong X-API-Key"),
+    "not_found": (404, "no such route"),
+    "method_not_allowed": (405, "a method the route does not serve (the Allow header lists those it does)"),
+    "upload_too_large": (413, "the body, or one photo, is over its byte limit (counted while it streams in)"),
+    "too_many_files": (413, "more photos in one request than WHALEID_MAX_FILES"),
+    "invalid_request": (422, "a parameter or field of the wrong type or out of its range"),
+    "internal_error": (500, "an unexpected error (logged with its traceback); nothing was stored"),
+}
+
+
+def _status_of_class(cls: type) -> int | None:
+    for base in cls.__mro__:
+        if base in STATUS:
+            return STATUS[base]
+    return None
 
 
 def status_of(exc: WhaleidError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
+    return _status_of_class(type(exc)) or 500
+
+
+def error_codes() -> list[tuple[int, str, str]]:
+    """Every error the service sends: ``(status, code, when)``, sorted by status and code.
+
+    The one registry of codes: the domain errors of :data:`STATUS` (each subclass of a mapped class
+    with its own ``code``; classes of ``training`` are never raised by the service), then
+    :data:`EDGE_CODES` and :data:`HTTP_CODES`. The OpenAPI document (``service.openapi``) is built from
+    it and the README's error table is checked against it.
+    """
+    found: dict[tuple[int, str], str] = {}
+
+    def walk(cls: type) -> None:
+        for sub in cls.__subclasses__():
+            status = _status_of_class(sub)
+            if status is not None and not sub.__module__.startswith(("training", "tests")):
+                when = " ".join((sub.__doc__ or sub.__name__).split("\n\n")[0].split())
+                found.setdefault((status, sub.code), when)
+            walk(sub)
+
+    walk(WhaleidError)
+    for code, (status, when) in EDGE_CODES.items():
+        found.setdefault((status, code), when)
+    for status, code in HTTP_CODES.items():
+        found.setdefault((status, code), HTTPStatus(status).phrase)
+    return sorted((status, code, when) for (status, code), when in found.items())
+
+
+def allowed_methods(request: Request) -> str:
+    """The methods of every route on the request's path (the ``Allow`` header of a 405), e.g. ``GET, POST``."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return ", ".join(sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m)))
 
 
 def error_response(status: int, detail: str, **extra) -> JSONResponse:
@@ -77,9 +138,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(WhaleidError)
     async def _domain(request: Request, exc: WhaleidError):
         status = status_of(exc)
+        if isinstance(exc, StorageError):
+            # transient (busy store, full or failing disk): the client may retry; the log says why
+            log.warning(
+                "%s on %s %s: %s (cause: %r)", exc.code, request.method, request.url.path, exc.detail, exc.__cause__
+            )
+            retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+            return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=status, headers=retry)
         if status >= 500:
             log.error("unexpected %s on %s: %s", type(exc).__name__, request.url.path, exc.detail)
-            return error_response(500, INTERNAL)
+            return error_response(500, INTERNAL, code="internal_error")
         return error_response(status, exc.detail, code=exc.code)
 
     @app.exception_handler(RequestValidationError)
@@ -99,12 +167,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException):
         # the edge's own refusals (API key, too many files, unknown route, malformed multipart): the
         # same body shape as the domain errors, with a code per status
-        code = HTTP_CODES.get(exc.status_code, "http_error")
-        return JSONResponse(
-            {"detail": exc.detail, "code": code}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
-        )
+        code = getattr(exc, "code", None) or HTTP_CODES.get(exc.status_code, "http_error")
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names only the first route's methods; RFC 9110 wants them all
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return JSONResponse({"detail": exc.detail, "code": code}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unexpected error on %s", request.url.path)
-        return error_response(500, INTERNAL)
+        return error_response(500, INTERNAL, code="internal_error")
