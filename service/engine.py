@@ -1,10 +1,11 @@
 """What the service loads once (in the lifespan) and the request pipeline it runs.
 
-photo bytes → decode (EXIF, RGB, limits) → base box (detector, or none) → TTA boxes → crops →
-micro-batched onnxruntime call → centre of the box embeddings → gallery search → top-k distinct
-identities with new_whale placed by the threshold. Decoding and cropping run in worker threads;
-the network runs in the micro-batcher's thread; FAISS searches run concurrently under the
-gallery's shared lock.
+The pipeline itself lives in :mod:`index.identify` (shared with ``whaleid predict``, so both rank
+alike): photo bytes → decode (EXIF, RGB, limits) → base box (detector, or none) → TTA boxes → crops
+→ micro-batched onnxruntime call → centre of the box embeddings → gallery search → the scoring
+mode's ranking → new_whale placed by the threshold. Decoding and cropping run in worker threads;
+the network runs in the micro-batcher's thread; searches and re-ranking run in worker threads,
+concurrently under the gallery's shared lock.
 """
 
 from __future__ import annotations
@@ -15,20 +16,18 @@ import logging
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from anyio import to_thread
 
-from core.errors import InvalidRequestError, WhaleidError
-from core.fileio import sha256_bytes
+from core.errors import WhaleidError
 from core.manifest import Manifest, ScoringMode, load_manifest
-from core.preprocess import DecodedImage, DecodeLimits, decode_image
+from core.preprocess import DecodeLimits
 from index.build import make_thumbnail
-from index.embedder import PhotoEmbedder, aggregate_tta, load_embedder_model
-from index.gallery import Gallery, Hit
-from index.ranking import NEW_WHALE, insert_new_whale
+from index.embedder import PhotoEmbedder, load_embedder_model
+from index.gallery import Gallery
+from index.identify import Identifier, PreparedPhoto
 from index.store import NewImage
 from service.batching import MicroBatcher
 from service.config import Settings
@@ -57,17 +56,6 @@ def gpu_name() -> str | None:
     return None
 
 
-@dataclass
-class Prepared:
-    """A decoded photo and its model inputs."""
-
-    image: DecodedImage
-    base_box: np.ndarray | None
-    boxes: np.ndarray
-    inputs: np.ndarray
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-
 class WhaleService:
     """The loaded bundle: manifest, onnxruntime session, detector, gallery, micro-batcher, metrics.
 
@@ -91,14 +79,9 @@ class WhaleService:
         self.gallery = Gallery.for_manifest(self.gallery_dir, m)
         self.limits = DecodeLimits(settings.max_upload_bytes, settings.max_image_pixels)
         self.metrics = Metrics()
-        self.scoring: ScoringMode = settings.scoring or m.scoring
-        self.local = None
-        self.matcher = None
-        if m.local_features is not None:
-            from index.local import LocalFeatureExtractor, LocalMatcher
-
-            self.local = LocalFeatureExtractor(m.local_features)
-            self.matcher = LocalMatcher(self.gallery, m.local_features)
+        self.identifier = Identifier.for_bundle(m, self.gallery, self.embedder, self.limits, settings.scoring)
+        self.scoring: ScoringMode = self.identifier.scoring
+        self.local, self.matcher = self.identifier.local, self.identifier.matcher
         h, w = m.preprocess.input_size
         self.batcher = MicroBatcher(
             self.model, settings.batch_max_boxes, settings.batch_wait_ms / 1000.0, (3, h, w), self.metrics.on_batch
@@ -148,48 +131,24 @@ class WhaleService:
         }
 
     def available_modes(self) -> list[str]:
-        return ["embedding"] + (["local", "fused"] if self.matcher is not None else [])
+        return self.identifier.available_modes()
 
     # -- pipeline ----------------------------------------------------------------------------
 
-    def _prepare_sync(self, data: bytes, flipped: bool) -> Prepared:
-        t0 = time.perf_counter()
-        image = decode_image(data, self.limits)
-        t1 = time.perf_counter()
-        base = None
-        if self.detector is not None and self.manifest.tta.base == "detector":
-            base = self.detector.detect([image.pixels])[0]
-        boxes = self.embedder.boxes_for(image.pixels, base)
-        inputs = self.embedder.batch_for(image.pixels, boxes, flipped)
-        t2 = time.perf_counter()
-        return Prepared(image, base, boxes, inputs, {"decode": (t1 - t0) * 1e3, "boxes": (t2 - t1) * 1e3})
-
-    async def prepare(self, data: bytes, flipped: bool = False) -> Prepared:
+    async def prepare(self, data: bytes, flipped: bool = False) -> PreparedPhoto:
         """Decode a photo and build its model inputs (in a worker thread).
 
         Raises:
             InputImageError subclasses: empty, too large, unsupported, undecodable.
         """
-        return await to_thread.run_sync(self._prepare_sync, data, flipped)
+        return await to_thread.run_sync(self.identifier.prepare, data, flipped)
 
-    async def embed(self, prep: Prepared, flipped: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    async def embed(self, prep: PreparedPhoto, flipped: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """``(d,)`` embedding of a prepared photo (and of its mirror image when ``flipped``)."""
         t0 = time.perf_counter()
         out = await self.batcher.submit(prep.inputs)
         prep.timings_ms["embed"] = (time.perf_counter() - t0) * 1e3
-        n = len(prep.boxes)
-        return aggregate_tta(out[:n]), (aggregate_tta(out[n:]) if flipped else None)
-
-    def best_images(self, hits: list[Hit], query: np.ndarray) -> dict[str, tuple[int, float]]:
-        """For each hit, its gallery photo most similar to the query: ``whale_id -> (image_id, cosine)``."""
-        out = {}
-        for h in hits:
-            ids, embs = self.gallery.store.embeddings_with_ids(h.identity_id)
-            if len(ids):
-                sims = embs @ query
-                j = int(np.argmax(sims))
-                out[h.whale_id] = (int(ids[j]), float(sims[j]))
-        return out
+        return self.identifier.embeddings_of(prep, out, flipped)
 
     async def identify(
         self,
@@ -199,7 +158,8 @@ class WhaleService:
         scoring: ScoringMode | None = None,
         explain: bool = False,
     ) -> dict:
-        """Identify one photo: top-``k`` identities with new_whale placed by the threshold.
+        """Identify one photo: top-``k`` identities with new_whale placed by the threshold
+        (:meth:`index.identify.Identifier.rank`, the network run by the micro-batcher).
 
         A photo already in the gallery (same bytes) names its whale first with score 1.0 (evidence
         ``exact_photo``), whatever the model says.
@@ -209,90 +169,17 @@ class WhaleService:
             bundle lacks or one without a calibrated threshold (and no ``threshold`` given).
         """
         t_start = time.perf_counter()
-        mode: ScoringMode = scoring or self.scoring
-        if mode not in self.available_modes():
-            raise InvalidRequestError(
-                f"scoring mode {mode!r} is not available in this bundle (available: {self.available_modes()})"
-            )
-        if threshold is None and mode not in self.manifest.thresholds:
-            raise InvalidRequestError(
-                f"no new_whale threshold is calibrated for scoring mode {mode!r}: pass threshold= or run "
-                "`whaleid calibrate`"
-            )
-        thr = float(threshold) if threshold is not None else self.manifest.threshold_for(mode)
+        self.identifier.resolve(scoring, threshold)  # a bad request fails before any work
         prep = await self.prepare(data)
         query, _ = await self.embed(prep)
-        t0 = time.perf_counter()
-        shortlist = max(k, self.manifest.local_features.shortlist_k if (mode == "fused" and self.matcher) else k)
-        hits = await to_thread.run_sync(self.gallery.search, query, shortlist)
-        hits = hits[0]
-        prep.timings_ms["search"] = (time.perf_counter() - t0) * 1e3
-        if mode == "embedding":
-            ranked = [(h.whale_id, h.score) for h in hits[:k]]
-            best = await to_thread.run_sync(self.best_images, hits[:k], query)
-            evidence = {
-                w: {"embedding_similarity": round(s, 5), "best_image_id": best.get(w, (None,))[0]} for w, s in ranked
-            }
-        else:
-            t1 = time.perf_counter()
-            ranked, evidence = await to_thread.run_sync(self._rerank, mode, prep, hits, k, explain)
-            prep.timings_ms["local"] = (time.perf_counter() - t1) * 1e3
-        exact = await to_thread.run_sync(lambda: self.gallery.store.photos_with_sha256(sha256_bytes(data)))
-        if exact:
-            # The photo itself is in the gallery: its whale is certain, whatever the model says.
-            exact_ids = {w for w, _ in exact}
-            for wid, image_id in exact:
-                ev = evidence.setdefault(wid, {})
-                ev.update(exact_photo=True, best_image_id=image_id)
-            ranked = [(w, 1.0) for w in dict.fromkeys(w for w, _ in exact)] + [
-                (w, s) for w, s in ranked if w not in exact_ids
-            ]
-            ranked = ranked[:k]
-        final = insert_new_whale(ranked, thr, k)
-        predictions = []
-        for rank, (wid, score) in enumerate(final, start=1):
-            item = {"rank": rank, "whale_id": wid, "score": round(float(score), 5)}
-            if wid != NEW_WHALE and wid in evidence:
-                item["evidence"] = evidence[wid]
-            predictions.append(item)
-        prep.timings_ms["total"] = (time.perf_counter() - t_start) * 1e3
-        for stage, ms in prep.timings_ms.items():
+        res = await to_thread.run_sync(self.identifier.rank, prep, query, k, scoring, threshold, explain)
+        timings = res["timing_ms"]
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        for stage, ms in timings.items():
             if stage != "total":
                 self.metrics.stage.labels(stage).observe(ms / 1e3)
-        h, w = prep.image.height, prep.image.width
-        return {
-            "predictions": predictions,
-            "boxes": [[round(float(v), 1) for v in b] for b in prep.boxes],
-            "detected_box": None if prep.base_box is None else [round(float(v), 1) for v in prep.base_box],
-            "image_size": [w, h],
-            "exif_rotated": prep.image.exif_transposed,
-            "threshold": thr,
-            "scoring": mode,
-            "model_version": self.manifest.model_version,
-            "timing_ms": {k2: round(v, 2) for k2, v in prep.timings_ms.items()},
-        }
-
-    def _rerank(self, mode, prep: Prepared, hits: list[Hit], k: int, explain: bool):
-        """``local`` or ``fused`` ranking of a prepared photo (in a worker thread)."""
-        features = self.local.extract(prep.image.pixels, prep.base_box)
-        if mode == "local":
-            entries = self.matcher.rank_local(features, k, explain=explain)
-        else:
-            entries = self.matcher.rank_fused(features, hits, k, explain=explain)
-        ranked = [(e.whale_id, e.score) for e in entries]
-        evidence = {}
-        for e in entries:
-            ev = {
-                "embedding_similarity": None if e.cosine is None else round(e.cosine, 5),
-                "inliers": e.inliers,
-                "local_score": None if e.local_score is None else round(e.local_score, 5),
-                "fused_score": None if e.fused_score is None else round(e.fused_score, 5),
-                "best_image_id": e.image_id,
-            }
-            if explain and e.pairs is not None:
-                ev["keypoint_pairs"] = np.round(e.pairs, 1).tolist()
-            evidence[e.whale_id] = {k2: v for k2, v in ev.items() if v is not None}
-        return ranked, evidence
+        res["timing_ms"] = {k2: round(v, 2) for k2, v in timings.items()}
+        return res
 
     async def enrol(self, photos: list[tuple[str, bytes]], whale_id: str | None) -> dict:
         """Enrol photos under ``whale_id`` (a new readable id when None), atomically.
@@ -317,7 +204,7 @@ class WhaleService:
                 exc.detail = f"{exc.detail} (file {name!r})" if name else exc.detail
                 raise
             emb, femb = await self.embed(prep, flipped)
-            sha = sha256_bytes(data)
+            sha = prep.sha256
             thumb, feats = await to_thread.run_sync(self._extras, prep)
             new.append(NewImage(sha, emb, name or None, prep.boxes[0].tolist(), thumb, feats))
             if flipped:
@@ -341,7 +228,7 @@ class WhaleService:
         store = self.gallery.store
         return sorted({w for sha in set(sha256s) for w, _ in store.photos_with_sha256(sha) if w != whale_id})
 
-    def _extras(self, prep: Prepared) -> tuple[bytes, bytes | None]:
+    def _extras(self, prep: PreparedPhoto) -> tuple[bytes, bytes | None]:
         thumb = make_thumbnail(prep.image.pixels, self.settings.thumbnail_px)
         feats = self.local.encode_photo(prep.image.pixels, prep.base_box) if self.local is not None else None
         return thumb, feats

@@ -23,6 +23,24 @@ class Evidence(BaseModel):
     )
 
 
+class FlukeCheckInfo(BaseModel):
+    """The evidence behind ``looks_like_fluke`` (see index/fluke_check.py)."""
+
+    reason: str | None = Field(
+        None, description="Why the photo does not look like a fluke: too_small or unlike_gallery (null when it does)."
+    )
+    gallery_similarity: float | None = Field(
+        None, description="Cosine similarity of the photo's embedding to the nearest gallery whale."
+    )
+    min_similarity: float | None = Field(
+        None,
+        description="Below this similarity the photo is unlike every gallery photo (from the gallery itself, "
+        "leave one whale out); null while the gallery is too small.",
+    )
+    reference_photos: int = Field(0, description="Gallery photos behind min_similarity.")
+    min_side_px: int = Field(description="The photo's shorter side in pixels (under 32: too small).")
+
+
 class Prediction(BaseModel):
     rank: int = Field(description="1 is the best.")
     whale_id: str = Field(description="A gallery identity, or new_whale.")
@@ -68,6 +86,13 @@ class IdentifyResponse(BaseModel):
                 "threshold": 0.55,
                 "scoring": "embedding",
                 "model_version": "densenet121-cpu-small-1a2b3c4d",
+                "looks_like_fluke": True,
+                "fluke_check": {
+                    "gallery_similarity": 0.8123,
+                    "min_similarity": 0.3391,
+                    "reference_photos": 2000,
+                    "min_side_px": 525,
+                },
                 "timing_ms": {"decode": 6.1, "boxes": 9.8, "embed": 120.4, "search": 0.4, "total": 140.2},
             }
         }
@@ -85,6 +110,11 @@ class IdentifyResponse(BaseModel):
     threshold: float = Field(description="The new_whale threshold used.")
     scoring: str = Field(description="embedding, local or fused.")
     model_version: str
+    looks_like_fluke: bool = Field(
+        description="False when the photo is too small or unlike every gallery photo (a circuit board, an empty "
+        "sea): its ranking then means little; review it as 'not a fluke / unusable' before 'new whale'."
+    )
+    fluke_check: FlukeCheckInfo
     timing_ms: dict[str, float] = Field(description="Milliseconds per stage: decode, boxes, embed, search, total.")
 
 

@@ -23,6 +23,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: wraps long option names instead of cutting them short as rich's table does
+    rich_markup_mode=None,
 )
 
 Images = Annotated[Path, typer.Option("--images", help="Folder of photos.", exists=True, file_okay=False)]
@@ -371,18 +373,29 @@ def predict(
         Path | None,
         typer.Option(help="JSON lines log (default: OUT with .jsonl, e.g. sub.jsonl); makes the run resumable."),
     ] = None,
-    labels: Annotated[Path | None, typer.Option(help="Only these photos, and report MAP@5 against the labels.")] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Only these photos, and report MAP@5 against the labels.", exists=True, dir_okay=False),
+    ] = None,
     class_balance: Annotated[bool, typer.Option(help="Apply the 1st-place class-balance swap.")] = False,
     balance_margin: Annotated[float, typer.Option(help="Class balance: swap when score1 - score2 < this.")] = 0.3,
     balance_min_claims: Annotated[int, typer.Option(help="Class balance: class 1 top-1/2 for >= this many.")] = 3,
-    threshold: Annotated[float | None, typer.Option(help="new_whale threshold (default: the manifest's).")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="new_whale threshold (default: the manifest's for the scoring mode).")
+    ] = None,
+    scoring: Annotated[
+        str | None, typer.Option(help="embedding, local or fused (default: the bundle's, as POST /identify).")
+    ] = None,
 ) -> None:
-    """Identify every photo of a folder: a Kaggle submission and a JSON lines log (resumable)."""
+    """Identify every photo of a folder as POST /identify does: a Kaggle submission and a JSON lines log (resumable).
+
+    The summary names the scoring mode, threshold and model version used.
+    """
     _setup_logging()
     from whaleid.predict import ClassBalance, predict_folder
 
     balance = ClassBalance(balance_margin, balance_min_claims) if class_balance else None
-    _echo_json(predict_folder(bundle, images, out, log, balance, threshold, labels=labels))
+    _echo_json(predict_folder(bundle, images, out, log, balance, threshold, labels=labels, scoring=scoring))
 
 
 @app.command("pseudo-label")

@@ -1,10 +1,12 @@
 """Batch prediction over a folder (Kaggle submission), class balance, and pseudo-labels (torch-free).
 
-``predict`` embeds every photo of a folder through the bundle (in batches, with a progress bar),
-ranks it against the gallery, and appends one JSON line per photo to a log that makes the run
-resumable: a restarted run skips the photos already in the log. The submission (``Image,Id`` with
-five space-separated labels, ``new_whale`` placed by the threshold) is written at the end from
-the log.
+``predict`` identifies every photo of a folder exactly as ``POST /identify`` does (the same
+:class:`index.identify.Identifier`: decoding, TTA boxes, search, the scoring mode's re-ranking, the
+exact-photo rule, new_whale placed by the threshold; the bundle's default scoring mode and its
+threshold unless told otherwise), and appends one JSON line per photo to a log that makes the run
+resumable: a restarted run skips the photos already in the log with the same scoring mode,
+threshold and model version. The submission (``Image,Id`` with five space-separated labels) is
+written at the end from the log.
 
 Class balance is the 1st-place trick of Kaggle 2019 Humpback Whale Identification: looking at the
 whole batch's top-5 lists, a photo whose first two candidates are close (``score1 - score2 <
@@ -23,19 +25,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
+from core.errors import InputImageError
 from core.fileio import atomic_write_text
 from core.manifest import load_manifest
-from index.build import embed_folder
+from index.build import FOLDER_LIMITS, embed_folder
 from index.gallery import Gallery
-from index.ranking import NEW_WHALE, insert_new_whale
+from index.identify import Identifier
+from index.ranking import NEW_WHALE
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
-RANKED_KEEP = 10  # identities kept per photo in the log (class balance looks past the top 5)
+TOP_K = 5  # ranked entries per photo (new_whale included), as Kaggle's submission
 
 
 @dataclass(frozen=True)
@@ -106,11 +109,16 @@ def predict_folder(
     log_path=None,
     balance: ClassBalance | None = None,
     threshold: float | None = None,
-    batch_photos: int = 32,
     labels=None,
     progress: bool = True,
+    scoring: str | None = None,
+    gallery_dir=None,
 ) -> dict:
     """``whaleid predict``: identify every photo of a folder; write the submission and the JSON lines log.
+
+    Each photo goes through :meth:`index.identify.Identifier.identify`, the pipeline of
+    ``POST /identify`` (its boxes in one network call, as the service runs a lone request), so the
+    top-5 lists are the service's.
 
     Args:
         bundle: bundle folder (its gallery is searched).
@@ -118,65 +126,68 @@ def predict_folder(
         out_csv: submission path (``Image,Id``).
         log_path: JSON lines log (default: ``out_csv`` with ``.jsonl``); makes the run resumable.
         balance: apply the class-balance swap with these thresholds.
-        threshold: new_whale threshold (default: the manifest's).
-        batch_photos: photos per batch between log flushes.
+        threshold: new_whale threshold (default: the manifest's for the scoring mode).
         labels: optional labels CSV: only its photos are predicted, and MAP@5 is reported (truth: the
             whale id when it is in the gallery, else new_whale).
+        scoring: ``embedding``, ``local`` or ``fused`` (default: the manifest's).
+        gallery_dir: gallery folder (default: the bundle's).
 
     Returns:
-        Counts: ``photos``, ``predicted_now``, ``resumed``, ``unreadable``, ``swapped`` (and ``map5``,
-        ``top1`` with ``labels``).
+        ``scoring``, ``threshold``, ``model_version`` used, and counts: ``photos``, ``predicted_now``,
+        ``resumed``, ``unreadable``, ``not_a_fluke``, ``swapped`` (and ``map5``, ``top1`` with ``labels``).
+
+    Raises:
+        InvalidRequestError: a scoring mode the bundle lacks, or one without a threshold.
+        LabelsError: an unreadable labels file (before any photo is embedded).
     """
     from whaleid.workflows import bundle_embedder, gallery_folder
 
     manifest = load_manifest(bundle)
-    thr = manifest.threshold_for() if threshold is None else float(threshold)
     out_csv = Path(out_csv)
     log_path = Path(log_path) if log_path else out_csv.with_suffix(".jsonl")
     names = list_photos(images)
     truth = None
-    gallery = Gallery.for_manifest(gallery_folder(bundle, manifest), manifest)
-    if labels is not None:
-        from index.labels import read_labels
+    gallery = Gallery.for_manifest(gallery_folder(bundle, manifest, gallery_dir), manifest)
+    identifier = None
+    try:
+        identifier = Identifier.for_bundle(manifest, gallery, bundle_embedder(bundle, manifest), FOLDER_LIMITS, scoring)
+        mode, thr = identifier.resolve(scoring, threshold)
+        used = {"scoring": mode, "threshold": thr, "model_version": manifest.model_version}
+        if labels is not None:
+            from index.labels import read_labels
 
-        known = set(gallery.whale_ids())
-        truth = {img: (w if w in known else NEW_WHALE) for img, w in read_labels(labels)}
-        names = [n for n in names if n in truth]
-    done = read_log(log_path)
-    todo = [n for n in names if n not in done]
-    embedder = bundle_embedder(bundle, manifest)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(names), initial=len(names) - len(todo), desc="predict", unit="photo", disable=not progress)
-    with open(log_path, "a") as fh:
-        for start in range(0, len(todo), batch_photos):
-            chunk = todo[start : start + batch_photos]
-            embedded = list(embed_folder(embedder, images, [(n, None) for n in chunk], progress=False))
-            hits = gallery.search(np.stack([e.embedding.embedding for e in embedded]), RANKED_KEEP) if embedded else []
-            got = {e.image: (e, h) for e, h in zip(embedded, hits, strict=True)}
-            for name in chunk:
-                if name in got:
-                    e, h = got[name]
+            known = set(gallery.whale_ids())
+            truth = {img: (w if w in known else NEW_WHALE) for img, w in read_labels(labels)}
+            names = [n for n in names if n in truth]
+        done = {n: r for n, r in read_log(log_path).items() if all(r.get(key) == v for key, v in used.items())}
+        todo = [n for n in names if n not in done]
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=len(names), initial=len(names) - len(todo), desc="predict", unit="photo", disable=not progress)
+        with open(log_path, "a") as fh:
+            for name in todo:
+                try:
+                    res = identifier.identify((Path(images) / name).read_bytes(), TOP_K, mode, thr)
                     rec = {
                         "image": name,
-                        "ranked": [[x.whale_id, round(x.score, 6)] for x in h],
-                        "boxes": [[round(float(v), 1) for v in b] for b in e.embedding.boxes],
+                        "predictions": [[p["whale_id"], p["score"]] for p in res["predictions"]],
+                        "looks_like_fluke": res["looks_like_fluke"],
+                        "boxes": res["boxes"],
+                        **used,
                     }
-                else:
-                    rec = {"image": name, "ranked": [], "error": "unreadable photo"}
+                except (OSError, InputImageError) as exc:
+                    rec = {"image": name, "predictions": [], "error": getattr(exc, "detail", str(exc)), **used}
                 fh.write(json.dumps(rec) + "\n")
+                fh.flush()
                 done[name] = rec
-            fh.flush()
+                bar.update(1)
             os.fsync(fh.fileno())
-            bar.update(len(chunk))
-    bar.close()
-    fallback = _frequent_fill(gallery)
-    gallery.close()
-    finals = []
-    for name in names:
-        rec = done[name]
-        ranked = [(w, s) for w, s in rec["ranked"]]
-        final = insert_new_whale(ranked, thr, 5) if ranked else [(NEW_WHALE, thr)]
-        finals.append(final)
+        bar.close()
+        fallback = _frequent_fill(gallery)
+    finally:
+        if identifier is not None and identifier.matcher is not None:
+            identifier.matcher.close()
+        gallery.close()
+    finals = [[(w, s) for w, s in done[name]["predictions"]] or [(NEW_WHALE, thr)] for name in names]
     swapped: list[int] = []
     if balance is not None:
         finals, swapped = class_balance(finals, balance)
@@ -191,10 +202,12 @@ def predict_folder(
         lines.append(f"{name},{' '.join(labels[:5])}")
     atomic_write_text(out_csv, "\n".join(lines) + "\n")
     out = {
+        **used,
         "photos": len(names),
         "predicted_now": len(todo),
         "resumed": len(names) - len(todo),
         "unreadable": sum(1 for n in names if done[n].get("error")),
+        "not_a_fluke": sum(1 for n in names if done[n].get("looks_like_fluke") is False),
         "swapped": len(swapped),
         "submission": str(out_csv),
         "log": str(log_path),

@@ -1,0 +1,282 @@
+"""The identify pipeline of one photo, shared by ``POST /identify`` and ``whaleid predict`` (torch-free).
+
+photo bytes → decode (EXIF, RGB, limits) → base box (detector, or none) → TTA boxes → crops →
+network → centre of the box embeddings → gallery search → the scoring mode's ranking
+(``embedding``; ``local`` or ``fused`` re-ranking by SIFT + RANSAC) → exact-photo rule → new_whale
+placed by the threshold → the not-a-fluke check.
+
+:class:`Identifier` holds the steps; the caller runs the network between :meth:`Identifier.prepare`
+and :meth:`Identifier.rank`: the service through its micro-batcher (in an event loop), ``predict``
+directly (:meth:`Identifier.identify`). Both therefore rank exactly alike: same decoding, same
+boxes, same search, same re-ranking, same rounding.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from core.errors import InvalidRequestError
+from core.fileio import sha256_bytes
+from core.manifest import Manifest, ScoringMode
+from core.preprocess import DecodedImage, DecodeLimits, decode_image
+from index.embedder import PhotoEmbedder, aggregate_tta
+from index.fluke_check import FlukeChecker
+from index.ranking import NEW_WHALE, insert_new_whale
+
+if TYPE_CHECKING:  # index.gallery imports faiss
+    from index.gallery import Gallery, Hit
+    from index.local import LocalFeatureExtractor, LocalFeatures, LocalMatcher
+
+#: Decimals of the scores and similarities in a response.
+SCORE_DECIMALS = 5
+
+
+@dataclass
+class PreparedPhoto:
+    """A decoded photo and its model inputs.
+
+    Attributes:
+        image: the upright RGB photo.
+        sha256: hex checksum of the uploaded bytes (the exact-photo rule).
+        base_box: ``(4,) float32`` detector box in pixels, or None.
+        boxes: ``(n_boxes, 4) float32`` TTA boxes in pixels.
+        inputs: ``(n_boxes, 3, H, W) float32`` network inputs (then the mirror's when asked for).
+        timings_ms: milliseconds per stage so far (``decode``, ``boxes``; the caller adds ``embed``).
+    """
+
+    image: DecodedImage
+    sha256: str
+    base_box: np.ndarray | None
+    boxes: np.ndarray
+    inputs: np.ndarray
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Identifier:
+    """A loaded bundle's identify pipeline (thread-safe: searches share the gallery's read lock).
+
+    Args:
+        manifest: the bundle's manifest.
+        gallery: its gallery.
+        embedder: the bundle's :class:`PhotoEmbedder` (its ``embed_fn`` is used by :meth:`identify` only).
+        limits: byte and pixel limits of a photo.
+        scoring: default scoring mode (default: the manifest's).
+        local: SIFT extractor and matcher, when the bundle has local features.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        gallery: Gallery,
+        embedder: PhotoEmbedder,
+        limits: DecodeLimits,
+        scoring: ScoringMode | None = None,
+        local: tuple[LocalFeatureExtractor, LocalMatcher] | None = None,
+    ):
+        self.manifest = manifest
+        self.gallery = gallery
+        self.embedder = embedder
+        self.detector = embedder.detector
+        self.limits = limits
+        self.scoring: ScoringMode = scoring or manifest.scoring
+        self.local, self.matcher = local if local is not None else (None, None)
+        self.fluke_checker = FlukeChecker(gallery)
+
+    @classmethod
+    def for_bundle(
+        cls, manifest: Manifest, gallery: Gallery, embedder: PhotoEmbedder, limits: DecodeLimits, scoring=None
+    ) -> Identifier:
+        """An identifier with the bundle's local matcher when its manifest has local features."""
+        local = None
+        if manifest.local_features is not None:
+            from index.local import LocalFeatureExtractor, LocalMatcher
+
+            local = (LocalFeatureExtractor(manifest.local_features), LocalMatcher(gallery, manifest.local_features))
+        return cls(manifest, gallery, embedder, limits, scoring, local)
+
+    def available_modes(self) -> list[str]:
+        return ["embedding"] + (["local", "fused"] if self.matcher is not None else [])
+
+    def resolve(self, scoring: ScoringMode | None = None, threshold: float | None = None) -> tuple[ScoringMode, float]:
+        """The scoring mode and new_whale threshold of a request (defaults: the identifier's mode, its threshold).
+
+        Raises:
+            InvalidRequestError: a mode the bundle lacks, or one without a calibrated threshold (and
+                no ``threshold`` given).
+        """
+        mode: ScoringMode = scoring or self.scoring
+        if mode not in self.available_modes():
+            raise InvalidRequestError(
+                f"scoring mode {mode!r} is not available in this bundle (available: {self.available_modes()})"
+            )
+        if threshold is None and mode not in self.manifest.thresholds:
+            raise InvalidRequestError(
+                f"no new_whale threshold is calibrated for scoring mode {mode!r}: pass threshold= or run "
+                "`whaleid calibrate`"
+            )
+        return mode, (float(threshold) if threshold is not None else self.manifest.threshold_for(mode))
+
+    def prepare(self, data: bytes, flipped: bool = False) -> PreparedPhoto:
+        """Decode a photo and build its network inputs.
+
+        Args:
+            data: the photo's bytes.
+            flipped: also build the mirror image's inputs (enrolment with mirrored identities).
+
+        Raises:
+            InputImageError subclasses: empty, too large, unsupported, undecodable.
+        """
+        t0 = time.perf_counter()
+        image = decode_image(data, self.limits)
+        t1 = time.perf_counter()
+        base = None
+        if self.detector is not None and self.manifest.tta.base == "detector":
+            base = self.detector.detect([image.pixels])[0]
+        boxes = self.embedder.boxes_for(image.pixels, base)
+        inputs = self.embedder.batch_for(image.pixels, boxes, flipped)
+        t2 = time.perf_counter()
+        return PreparedPhoto(
+            image, sha256_bytes(data), base, boxes, inputs, {"decode": (t1 - t0) * 1e3, "boxes": (t2 - t1) * 1e3}
+        )
+
+    @staticmethod
+    def embeddings_of(prep: PreparedPhoto, out: np.ndarray, flipped: bool = False):
+        """The photo's ``(d,) float32`` embedding from the network's ``(n, d)`` output for its inputs
+        (and the mirror's, or None)."""
+        n = len(prep.boxes)
+        return aggregate_tta(out[:n]), (aggregate_tta(out[n:]) if flipped else None)
+
+    def rank(
+        self,
+        prep: PreparedPhoto,
+        query: np.ndarray,
+        k: int = 5,
+        scoring: ScoringMode | None = None,
+        threshold: float | None = None,
+        explain: bool = False,
+    ) -> dict:
+        """Rank the gallery for an embedded photo: the body of an identify response.
+
+        Args:
+            prep: the prepared photo.
+            query: ``(d,) float32`` its embedding, L2-normalised.
+            k: ranked entries returned (new_whale included).
+            scoring, threshold: as :meth:`resolve`.
+            explain: attach the keypoint pairs (``local`` and ``fused``).
+
+        Returns:
+            ``predictions`` (``rank``, ``whale_id``, ``score``, ``evidence``), ``boxes``,
+            ``detected_box``, ``image_size``, ``exif_rotated``, ``threshold``, ``scoring``,
+            ``model_version``, ``looks_like_fluke``, ``fluke_check``, ``timing_ms`` (without ``total``).
+
+        Raises:
+            InvalidRequestError: see :meth:`resolve`.
+        """
+        mode, thr = self.resolve(scoring, threshold)
+        t0 = time.perf_counter()
+        shortlist = max(k, self.manifest.local_features.shortlist_k) if (mode == "fused" and self.matcher) else k
+        [hits] = self.gallery.search(query, shortlist)
+        prep.timings_ms["search"] = (time.perf_counter() - t0) * 1e3
+        if mode == "embedding":
+            ranked = [(h.whale_id, h.score) for h in hits[:k]]
+            best = self.best_images(hits[:k], query)
+            evidence = {
+                w: {"embedding_similarity": round(s, SCORE_DECIMALS), "best_image_id": best.get(w, (None,))[0]}
+                for w, s in ranked
+            }
+        else:
+            t1 = time.perf_counter()
+            features = self.local.extract(prep.image.pixels, prep.base_box)
+            ranked, evidence = self._rerank(mode, features, hits, k, explain)
+            prep.timings_ms["local"] = (time.perf_counter() - t1) * 1e3
+        exact = self.gallery.store.photos_with_sha256(prep.sha256)
+        if exact:
+            # The photo itself is in the gallery: its whale is certain, whatever the model says.
+            exact_ids = {w for w, _ in exact}
+            for wid, image_id in exact:
+                evidence.setdefault(wid, {}).update(exact_photo=True, best_image_id=image_id)
+            ranked = [(w, 1.0) for w in dict.fromkeys(w for w, _ in exact)] + [
+                (w, s) for w, s in ranked if w not in exact_ids
+            ]
+            ranked = ranked[:k]
+        final = insert_new_whale(ranked, thr, k)
+        predictions = []
+        for rank, (wid, score) in enumerate(final, start=1):
+            item = {"rank": rank, "whale_id": wid, "score": round(float(score), SCORE_DECIMALS)}
+            if wid != NEW_WHALE and wid in evidence:
+                item["evidence"] = evidence[wid]
+            predictions.append(item)
+        check = self.fluke_checker.check(prep.image.pixels, hits, bool(exact))
+        return {
+            "predictions": predictions,
+            "boxes": [[round(float(v), 1) for v in b] for b in prep.boxes],
+            "detected_box": None if prep.base_box is None else [round(float(v), 1) for v in prep.base_box],
+            "image_size": [prep.image.width, prep.image.height],
+            "exif_rotated": prep.image.exif_transposed,
+            "threshold": thr,
+            "scoring": mode,
+            "model_version": self.manifest.model_version,
+            "looks_like_fluke": check.looks_like_fluke,
+            "fluke_check": check.as_dict(),
+            "timing_ms": dict(prep.timings_ms),
+        }
+
+    def identify(
+        self,
+        data: bytes,
+        k: int = 5,
+        scoring: ScoringMode | None = None,
+        threshold: float | None = None,
+        explain: bool = False,
+    ) -> dict:
+        """Identify one photo synchronously (the network is ``embedder.embed_fn``, one call for its boxes).
+
+        Raises:
+            InputImageError subclasses for bad photos; InvalidRequestError (see :meth:`resolve`).
+        """
+        self.resolve(scoring, threshold)  # a bad request fails before any work
+        t_start = time.perf_counter()
+        prep = self.prepare(data)
+        t0 = time.perf_counter()
+        out = np.asarray(self.embedder.embed_fn(prep.inputs), dtype=np.float32)
+        prep.timings_ms["embed"] = (time.perf_counter() - t0) * 1e3
+        query, _ = self.embeddings_of(prep, out)
+        res = self.rank(prep, query, k, scoring, threshold, explain)
+        res["timing_ms"]["total"] = (time.perf_counter() - t_start) * 1e3
+        return res
+
+    def best_images(self, hits: list[Hit], query: np.ndarray) -> dict[str, tuple[int, float]]:
+        """For each hit, its gallery photo most similar to the query: ``whale_id -> (image_id, cosine)``."""
+        out = {}
+        for h in hits:
+            ids, embs = self.gallery.store.embeddings_with_ids(h.identity_id)
+            if len(ids):
+                sims = embs @ query
+                j = int(np.argmax(sims))
+                out[h.whale_id] = (int(ids[j]), float(sims[j]))
+        return out
+
+    def _rerank(self, mode: ScoringMode, features: LocalFeatures, hits: list[Hit], k: int, explain: bool):
+        """``local`` or ``fused`` ranking of a photo's local features."""
+        if mode == "local":
+            entries = self.matcher.rank_local(features, k, explain=explain)
+        else:
+            entries = self.matcher.rank_fused(features, hits, k, explain=explain)
+        ranked = [(e.whale_id, e.score) for e in entries]
+        evidence = {}
+        for e in entries:
+            ev = {
+                "embedding_similarity": None if e.cosine is None else round(e.cosine, SCORE_DECIMALS),
+                "inliers": e.inliers,
+                "local_score": None if e.local_score is None else round(e.local_score, SCORE_DECIMALS),
+                "fused_score": None if e.fused_score is None else round(e.fused_score, SCORE_DECIMALS),
+                "best_image_id": e.image_id,
+            }
+            if explain and e.pairs is not None:
+                ev["keypoint_pairs"] = np.round(e.pairs, 1).tolist()
+            evidence[e.whale_id] = {k2: v for k2, v in ev.items() if v is not None}
+        return ranked, evidence
