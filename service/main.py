@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 
 import core
 from service.config import Settings
+from service.docs import install_docs
 from service.engine import WhaleService
 from service.errors import install_error_handlers
 from service.limits import MULTIPART_OVERHEAD_BYTES, BodyLimitMiddleware
@@ -62,9 +63,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "where the threshold puts it); enrol whales with `POST /gallery`. The review page is at `/`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served from installed assets by install_docs (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_docs(app)
     app.include_router(health.router)
     app.include_router(identify.router)
     app.include_router(gallery.router)
