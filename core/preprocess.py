@@ -48,6 +48,18 @@ _RESAMPLE = {
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 
 
+def describe_bytes(n: int) -> str:
+    """A byte count as people read it: ``"20 MiB"``, ``"20.5 MiB"``, or ``"2000 bytes"`` under 1 MiB."""
+    if n < 1024 * 1024:
+        return f"{n} bytes"
+    return f"{n / (1024 * 1024):.1f}".removesuffix(".0") + " MiB"
+
+
+def over_limit(what: str, limit: str, setting: str | None) -> str:
+    """``"<what> too large: over the limit of <limit>"``, naming the setting that raises it when there is one."""
+    return f"{what} too large: over the limit of {limit}" + (f" (raise it with {setting})" if setting else "")
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
     """Limits checked before a photo's pixels are decoded.
@@ -55,10 +67,13 @@ class DecodeLimits:
     Attributes:
         max_bytes: largest accepted file, in bytes.
         max_pixels: largest accepted ``width * height`` of the first frame, in pixels.
+        bytes_setting, pixels_setting: the settings that set them (named in the error), if any.
     """
 
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
+    bytes_setting: str | None = None
+    pixels_setting: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,14 +163,14 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None) -> DecodedImag
     if not data:
         raise EmptyUploadError()
     if len(data) > limits.max_bytes:
-        raise ImageTooLargeError(f"image too large: over the limit of {limits.max_bytes} bytes")
+        raise ImageTooLargeError(over_limit("image", describe_bytes(limits.max_bytes), limits.bytes_setting))
     with warnings.catch_warnings():
         # Corrupt EXIF blocks, huge ICC profiles and palette-transparency notices are not errors.
         warnings.simplefilter("ignore")
         try:
             im = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
         except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(f"image too large: over the limit of {limits.max_pixels} pixels") from exc
+            raise ImageTooLargeError(over_limit("image", f"{limits.max_pixels} pixels", limits.pixels_setting)) from exc
         except UnidentifiedImageError as exc:
             raise UnsupportedFormatError(
                 f"unsupported format: not a raster image of an accepted format ({', '.join(ACCEPTED_FORMATS)})"
@@ -165,7 +180,7 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None) -> DecodedImag
         fmt = im.format or "unknown"
         width, height = im.size
         if width * height > limits.max_pixels:
-            raise ImageTooLargeError(f"image too large: over the limit of {limits.max_pixels} pixels")
+            raise ImageTooLargeError(over_limit("image", f"{limits.max_pixels} pixels", limits.pixels_setting))
         if width < 1 or height < 1:
             raise InvalidImageError(INVALID_IMAGE_DETAIL)
         try:

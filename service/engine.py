@@ -77,7 +77,9 @@ class WhaleService:
         self.embedder = PhotoEmbedder(self.model, m.preprocess, m.tta, self.detector)
         self.gallery_dir = Path(settings.gallery_dir) if settings.gallery_dir else self.bundle / m.gallery.folder
         self.gallery = Gallery.for_manifest(self.gallery_dir, m)
-        self.limits = DecodeLimits(settings.max_upload_bytes, settings.max_image_pixels)
+        self.limits = DecodeLimits(
+            settings.max_upload_bytes, settings.max_image_pixels, "WHALEID_MAX_UPLOAD_BYTES", "WHALEID_MAX_IMAGE_PIXELS"
+        )
         self.metrics = Metrics()
         self.identifier = Identifier.for_bundle(m, self.gallery, self.embedder, self.limits, settings.scoring)
         self.scoring: ScoringMode = self.identifier.scoring

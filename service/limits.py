@@ -11,10 +11,24 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from service.errors import UPLOAD_TOO_LARGE
+from core.preprocess import describe_bytes, over_limit
 
 # multipart framing (boundaries, part headers, other form fields) on top of the photo bytes
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+#: The setting behind each upload route's body limit (the limit is the setting plus the multipart
+#: framing): the 413 message names it, with the setting's value.
+LIMIT_SETTINGS = {"/identify": "WHALEID_MAX_UPLOAD_BYTES", "/gallery": "WHALEID_MAX_REQUEST_BYTES"}
+
+
+def upload_too_large(limit_bytes: int, path: str = "") -> str:
+    """The 413 message of a body over ``limit_bytes`` on ``path``: the limit in MiB and the setting that raises it.
+
+    Example: ``upload too large: over the limit of 20 MiB (raise it with WHALEID_MAX_UPLOAD_BYTES)``.
+    """
+    setting = LIMIT_SETTINGS.get(path)
+    framed = setting is not None and limit_bytes > MULTIPART_OVERHEAD_BYTES
+    shown = limit_bytes - MULTIPART_OVERHEAD_BYTES if framed else limit_bytes
+    return over_limit("upload", describe_bytes(shown), setting)
 
 
 class BodyLimitMiddleware:
@@ -45,7 +59,8 @@ class BodyLimitMiddleware:
                 self.on_reject(scope.get("path", ""))
             if state["started"]:
                 return
-            body = json.dumps({"detail": UPLOAD_TOO_LARGE.format(limit=limit), "code": "upload_too_large"}).encode()
+            detail = upload_too_large(limit, scope.get("path", ""))
+            body = json.dumps({"detail": detail, "code": "upload_too_large"}).encode()
             await send(
                 {
                     "type": "http.response.start",
