@@ -67,6 +67,28 @@ def _domain_errors(fn):
     return wrapper
 
 
+def check_training_inputs(data) -> None:
+    """Check a training config's photo folder and CSVs before anything long starts (no run folder yet).
+
+    Args:
+        data: the config's ``data`` section (``images``, ``labels``, ``boxes``, ``extra_labels``).
+
+    Raises:
+        ConfigError: a missing folder or file, or a labels CSV without its columns (naming it).
+    """
+    from core.errors import ConfigError
+    from index.labels import read_labels
+
+    if not data.images or not Path(data.images).is_dir():
+        raise ConfigError(f"data.images={data.images or '(empty)'} is not a folder of photos (--images)")
+    files = [("data.labels", data.labels), ("data.boxes", data.boxes)]
+    files += [("data.extra_labels", p) for p in data.extra_labels or []]
+    for key, path in files:
+        if (key == "data.labels" or path) and not (path and Path(path).is_file()):
+            raise ConfigError(f"{key}={path or '(empty)'} is not a file")
+    read_labels(data.labels)
+
+
 def _installed(name: str) -> bool:
     import importlib.metadata as md
 
@@ -132,7 +154,6 @@ def train(
     """Train the embedding network (DenseNet121 + ArcFace by default) and evaluate it on validation."""
     _setup_logging()
     from training.config import load_config
-    from training.engine import train as run_training
 
     overrides = list(set_ or [])
     for key, value in (("data.images", images), ("data.labels", labels), ("data.boxes", boxes), ("run_dir", run_dir)):
@@ -141,6 +162,9 @@ def train(
     if extra_labels:
         overrides.append("data.extra_labels=" + json.dumps([str(p) for p in extra_labels]))
     cfg = load_config(config, overrides)
+    check_training_inputs(cfg.data)
+    from training.engine import train as run_training  # torch: imported once the inputs are known good
+
     out = run_training(cfg, resume=resume)
     ev = out / "eval.json"
     if ev.exists():
@@ -428,9 +452,14 @@ def split_csv(
 @app.command()
 @_domain_errors
 def quickstart(
-    images: Annotated[Path | None, typer.Option(help="Your photos (Kaggle layout); default: a synthetic set.")] = None,
-    labels: Annotated[Path | None, typer.Option(help="Labels CSV for --images.")] = None,
-    boxes: Annotated[Path | None, typer.Option(help="Optional boxes CSV for --images.")] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Your photos (Kaggle layout); default: a synthetic set.", exists=True, file_okay=False),
+    ] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV for --images.", exists=True, dir_okay=False)] = None,
+    boxes: Annotated[
+        Path | None, typer.Option(help="Optional boxes CSV for --images.", exists=True, dir_okay=False)
+    ] = None,
     home: Annotated[Path, typer.Option(help="Working folder (data, run, bundle).")] = Path("artifacts/quickstart"),
     host: Annotated[str, typer.Option(help="Interface to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
@@ -443,6 +472,10 @@ def quickstart(
     _setup_logging()
     from whaleid.quickstart import quickstart as run_quickstart
 
+    if labels is not None:
+        from index.labels import read_labels
+
+        read_labels(labels)  # a labels file without its columns fails now, not after minutes of work
     run_quickstart(images, labels, boxes, home, host, port, serve, overrides=set_)
 
 
