@@ -118,14 +118,43 @@ def build(
     return bundle
 
 
-def curl_examples(host: str, port: int, photo: Path | None) -> str:
+def example_photos(bundle: Path, photos: Path) -> tuple[Path | None, Path | None]:
+    """Two photos of ``photos`` that the bundle's gallery does not hold (compared by checksum): one to
+    identify (its answer is then a real ranking, never the exact-photo match of an enrolled photo) and
+    one to enrol (a whale not already there). ``None`` where the folder has no such photo.
+    """
+    from core.fileio import sha256_bytes
+    from index.gallery import Gallery
+    from whaleid.predict import list_photos
+
+    manifest = load_manifest(bundle)
+    gallery = Gallery.for_manifest(bundle / manifest.gallery.folder, manifest)
+    try:
+        held = {sha for _, sha in gallery.store.stored_photos()}
+    finally:
+        gallery.close()
+    found: list[Path] = []
+    for name in list_photos(photos):
+        if sha256_bytes((photos / name).read_bytes()) not in held:
+            found.append(photos / name)
+            if len(found) == 2:
+                break
+    found += [None] * (2 - len(found))
+    return found[0], found[1]
+
+
+def curl_examples(host: str, port: int, identify_photo: Path | None, enrol_photo: Path | None = None) -> str:
+    """The examples printed once the service is up: an identification of a photo the gallery does not
+    hold and an enrolment of another such photo (see :func:`example_photos`)."""
     url = f"http://{host}:{port}"
-    example = str(photo) if photo else "fluke.jpg"
+    query = str(identify_photo) if identify_photo else "fluke.jpg"
+    new = str(enrol_photo) if enrol_photo else "my-fluke.jpg"
     return "\n".join(
         [
             f"  review page:     {url}/        API docs: {url}/docs",
-            f"  identify:        curl -F file=@{example} {url}/identify",
-            f"  enrol a whale:   curl -F files=@{example} -F whale_id=my-whale-1 {url}/gallery",
+            f"  identify:        curl -F file=@{query} {url}/identify",
+            f"  enrol a whale:   curl -F files=@{new} -F whale_id=my-whale-1 {url}/gallery",
+            f"  then find it:    curl -F file=@{new} {url}/identify",
             f"  list the whales: curl {url}/gallery",
         ]
     )
@@ -152,12 +181,12 @@ def quickstart(
     else:
         bundle = build(home, images, labels, boxes, overrides)
         typer.secho(f"bundle ready in {time.perf_counter() - t0:.0f} s: {bundle}", fg=typer.colors.GREEN)
-    example = None
+    examples = (None, None)
     photos = images or home / "synthetic" / "images"
     if photos.is_dir():
-        example = next(iter(sorted(photos.iterdir())), None)
+        examples = example_photos(bundle, photos)  # photos the gallery does not hold
     _step(5, f"serve on http://{host}:{port} (Ctrl-C stops)")
-    typer.echo(curl_examples(host, port, example))
+    typer.echo(curl_examples(host, port, *examples))
     if serve:
         import os
 

@@ -1,0 +1,45 @@
+"""The quickstart's printed examples use photos the gallery does not hold (issue 23: the identify
+example was an enrolled photo, always an exact match with score 1.0, and the enrol example filed that
+same photo under a second whale id)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from helpers import jpeg_bytes, tiny_bundle
+
+pytest.importorskip("onnx")
+pytest.importorskip("faiss")
+
+
+def test_examples_are_photos_the_gallery_does_not_hold(tmp_path):
+    from whaleid.quickstart import curl_examples, example_photos
+    from whaleid.workflows import build_gallery
+
+    bundle = tiny_bundle(tmp_path / "bundle")
+    photos = tmp_path / "images"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"):
+        (photos / name).write_bytes(jpeg_bytes(rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)))
+    (photos / "b_copy.jpg").write_bytes((photos / "b.jpg").read_bytes())  # the same bytes as an enrolled photo
+    with open(tmp_path / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("image", "whale_id"), ("a.jpg", "w1"), ("b.jpg", "w2"), ("d.jpg", "new_whale")])
+    build_gallery(bundle, photos, tmp_path / "labels.csv", progress=False)
+
+    # a.jpg and b.jpg (and b_copy.jpg, same bytes) are enrolled; c.jpg and d.jpg are not
+    query, new = example_photos(bundle, photos)
+    assert (query.name, new.name) == ("c.jpg", "d.jpg")
+    text = curl_examples("127.0.0.1", 8000, query, new)
+    assert f"curl -F file=@{query} http://127.0.0.1:8000/identify" in text
+    assert f"curl -F files=@{new} -F whale_id=my-whale-1 http://127.0.0.1:8000/gallery" in text
+    assert "a.jpg" not in text and "b.jpg" not in text
+
+
+def test_no_unheld_photo_gives_placeholders(tmp_path):
+    from whaleid.quickstart import curl_examples
+
+    text = curl_examples("127.0.0.1", 8000, None, None)
+    assert "file=@fluke.jpg" in text and "files=@my-fluke.jpg" in text
