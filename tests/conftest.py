@@ -32,6 +32,46 @@ def pytest_configure(config):
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
+# --- the fast and the slow tier ------------------------------------------------------------------
+#: Fixtures that train or start something for minutes: a test using one (directly or through another
+#: fixture) is slow, marked or not, so `pytest -m "not slow"` stays the fast tier.
+SLOW_FIXTURES = {"real_bundle"}
+#: A slow test prints a line when it starts and then every this many seconds (it never looks hung).
+HEARTBEAT_S = 30.0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Progress of slow tests on the terminal (pytest shows a test only when it ends)."""
+    import threading
+    import time
+
+    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+    if item.get_closest_marker("slow") is None or reporter is None:
+        yield
+        return
+    t0, done = time.monotonic(), threading.Event()
+    reporter.write_line(f"[slow] {item.nodeid}: started {time.strftime('%H:%M:%S')}")
+
+    def beat():
+        while not done.wait(HEARTBEAT_S):
+            reporter.write_line(f"[slow] {item.nodeid}: still running, {time.monotonic() - t0:.0f} s")
+
+    threading.Thread(target=beat, daemon=True, name="slow-test-heartbeat").start()
+    try:
+        yield
+    finally:
+        done.set()
+        reporter.write_line(f"[slow] {item.nodeid}: {time.monotonic() - t0:.0f} s")
+
+
 @pytest.fixture(scope="session")
 def real_subset(tmp_path_factory):
     """A labelled subset of the real 2018 playground photos (../shared, read-only, never copied):
