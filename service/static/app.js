@@ -190,8 +190,8 @@ async function galleryChanged() {
 // ---------------------------------------------------------------------------------------------
 // Review: one card per photo.
 //
-// photo.state: pending | identifying | identified | assigned | enrolled | skipped | error
-// photo.decision: the last successful decision {kind: assign|enrol|skip, whale_id, image_ids, duplicates}
+// photo.state: pending | identifying | identified | assigned | enrolled | skipped | unusable | error
+// photo.decision: the last successful decision {kind: assign|enrol|skip|unusable, whale_id, image_ids, duplicates}
 // photo.error: the last failed action {action, arg, detail}, retried by the Retry button
 
 const photos = [];
@@ -206,6 +206,7 @@ const STATE_LABEL = {
   assigned: "assigned",
   enrolled: "enrolled",
   skipped: "skipped",
+  unusable: "not a fluke",
   error: "error",
 };
 
@@ -282,7 +283,7 @@ async function identify(photo) {
   }
 }
 
-const stateOf = (decision) => ({ assign: "assigned", enrol: "enrolled", skip: "skipped" })[decision.kind];
+const stateOf = (decision) => ({ assign: "assigned", enrol: "enrolled", skip: "skipped", unusable: "unusable" })[decision.kind];
 
 function setMessage(photo, text, isError = false) {
   photo.message = text;
@@ -329,12 +330,19 @@ function buildCard(photo) {
   refs.retry = h("button", { type: "button", class: "primary", onclick: () => retry(photo) }, "Retry");
   refs.status = h("p", { class: "status", role: "status", "aria-live": "polite", "aria-atomic": "true", id: `${uid}-status` });
   refs.candsWrap = h("div", { class: "cands-wrap" }, h("h4", { class: "cands-h" }, "Top 5"), refs.candidates);
+  // Shown when the service says the photo does not look like a fluke: offered before "New whale".
+  refs.notFlukeText = h("p", { id: `${uid}-notfluke` }, "");
+  refs.notFlukeButton = h("button", { type: "button", class: "primary", "aria-keyshortcuts": "x",
+    "aria-describedby": `${uid}-notfluke`, onclick: () => markUnusable(photo) },
+  "Not a fluke / unusable ", h("kbd", { "aria-hidden": "true" }, "x"));
+  refs.notFluke = h("div", { class: "not-fluke", hidden: true }, refs.notFlukeText, refs.notFlukeButton);
   const heading = h("h3", { class: "photo-name", id: `${uid}-name` }, photo.name);
   photo.card = h("li", {
     class: "photo-card", tabindex: "0", "aria-labelledby": `${uid}-name ${uid}-state`, dataset: { photo: String(photo.id) },
   },
   h("div", { class: "card-head" }, heading, refs.badge, h("div", { class: "head-actions" }, refs.reidentify, refs.remove)),
   h("figure", { class: "query" }, refs.frame, refs.caption),
+  refs.notFluke,
   refs.candsWrap,
   h("div", { class: "decide" },
     h("div", { class: "decide-row" }, refs.skip, refs.undo, refs.retry),
@@ -358,6 +366,13 @@ function renderResult(photo) {
     `${w}×${hgt} px${result.exif_rotated ? " (turned upright from EXIF)" : ""} · ${result.boxes.length} boxes embedded ` +
     `(first solid, variants dashed${result.detected_box ? ", detector box orange" : ""}) · ${result.scoring} scoring, ` +
     `new_whale below ${fmt(result.threshold, 2)}`;
+
+  const check = result.fluke_check || {};
+  refs.notFluke.hidden = result.looks_like_fluke !== false;
+  refs.notFlukeText.textContent = check.reason === "too_small"
+    ? `This photo is too small to identify (${check.min_side_px} px on its shorter side): the ranking below means little.`
+    : `This photo does not look like a fluke: similarity ${fmt(check.gallery_similarity)} to the nearest gallery whale, ` +
+      `real flukes score above ${fmt(check.min_similarity)}. Check it before calling it a new whale.`;
 
   refs.candidates.replaceChildren();
   for (const p of result.predictions) {
@@ -411,6 +426,7 @@ function update(photo) {
   refs.newInput.disabled = busy || !undecided;
   refs.newSubmit.disabled = busy || !undecided;
   refs.skip.disabled = busy || !undecided;
+  refs.notFlukeButton.disabled = busy || !undecided;
   refs.undo.hidden = !decision;
   refs.undo.disabled = busy;
   refs.retry.hidden = !(state === "error" && photo.error);
@@ -419,6 +435,7 @@ function update(photo) {
   refs.reidentify.disabled = busy || state === "pending";
   refs.newForm.hidden = Boolean(decision) || !result;
   refs.skip.hidden = !result;
+  refs.notFluke.hidden = !result || result.looks_like_fluke !== false;
   refs.candsWrap.hidden = !result;
   setMessage(photo, photo.message, photo.messageIsError);
 }
@@ -511,10 +528,22 @@ function skip(photo) {
   moveOn(photo, hadFocus);
 }
 
+function markUnusable(photo) {
+  if (photo.busy || !photo.result || photo.decision) return;
+  const hadFocus = photo.card.contains(document.activeElement);
+  photo.decision = { kind: "unusable" };
+  photo.state = "unusable";
+  photo.error = null;
+  setMessage(photo, "Marked as not a fluke / unusable: nothing stored. Undo to decide after all.");
+  update(photo);
+  summarize();
+  moveOn(photo, hadFocus);
+}
+
 function undo(photo) {
   const d = photo.decision;
   if (!d || photo.busy) return;
-  if (d.kind === "skip") {
+  if (d.kind === "skip" || d.kind === "unusable") {
     photo.decision = null;
     photo.state = "identified";
     setMessage(photo, "Skip undone: decide below.");
@@ -588,7 +617,7 @@ function clearDecided() {
 function summarize() {
   const count = {};
   for (const p of photos) count[p.state] = (count[p.state] || 0) + 1;
-  const parts = ["identified", "pending", "identifying", "error", "assigned", "enrolled", "skipped"]
+  const parts = ["identified", "pending", "identifying", "error", "assigned", "enrolled", "skipped", "unusable"]
     .filter((s) => count[s])
     .map((s) => `${count[s]} ${STATE_LABEL[s].replace("…", "")}`);
   $("#summary").textContent = photos.length ? `${photos.length} photo${photos.length > 1 ? "s" : ""}: ${parts.join(", ")}.` : "No photos yet.";
@@ -741,6 +770,7 @@ function onKey(e) {
   switch (e.key) {
     case "n": return go(() => focusNew(photo));
     case "s": return go(() => skip(photo));
+    case "x": return go(() => markUnusable(photo));
     case "u": return go(() => undo(photo));
     case "i": return go(() => reidentify(photo));
     case "j": return go(() => photos[Math.min(i + 1, photos.length - 1)].card.focus());
