@@ -118,12 +118,20 @@ class FlukeChecker:
     Args:
         gallery: the gallery searched by the identify pipeline.
         quantile, margin: see :data:`REFERENCE_QUANTILE`, :data:`REFERENCE_MARGIN`.
+        min_photos: fewest gallery photos for a reference (below it nothing is flagged as unlike).
     """
 
-    def __init__(self, gallery: Gallery, quantile: float = REFERENCE_QUANTILE, margin: float = REFERENCE_MARGIN):
+    def __init__(
+        self,
+        gallery: Gallery,
+        quantile: float = REFERENCE_QUANTILE,
+        margin: float = REFERENCE_MARGIN,
+        min_photos: int = MIN_REFERENCE_PHOTOS,
+    ):
         self.gallery = gallery
         self.quantile = float(quantile)
         self.margin = float(margin)
+        self.min_photos = int(min_photos)
         self._lock = threading.Lock()
         self._ref: tuple[int, float | None, int] | None = None  # (stored photos, threshold, reference size)
 
@@ -138,9 +146,9 @@ class FlukeChecker:
         flipped = {i for i, (_, f) in store.identity_names().items() if f}
         keep = np.array([int(i) not in flipped for i in idents], dtype=bool)
         sims = np.zeros(0)
-        if keep.sum() >= MIN_REFERENCE_PHOTOS:
+        if keep.sum() >= self.min_photos:
             sims = leave_identity_out_similarities(embs[keep], idents[keep], self.gallery.scoring == "image_max")
-        thr = float(np.quantile(sims, self.quantile)) - self.margin if len(sims) >= MIN_REFERENCE_PHOTOS else None
+        thr = float(np.quantile(sims, self.quantile)) - self.margin if len(sims) >= self.min_photos else None
         with self._lock:
             self._ref = (n, thr, len(sims))
         return thr, len(sims)
