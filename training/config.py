@@ -61,7 +61,10 @@ class ModelConfig:
     Attributes:
         backbone: any timm model name (``densenet121``, ``resnet18``, ``legacy_senet154``...).
         pretrained: ``False`` (random init), ``True`` (timm's hub; random init with a warning when
-            offline) or the path of a local weights file.
+            offline), ``pip:efficientnet-lite0`` (also ``-lite1``, ``-lite2``: ImageNet weights from
+            an installed package, offline; ``training.pretrained``) or the path of a local weights file.
+        init_from: an ``EmbeddingNet`` state dict (backbone + neck, e.g. ``starter/embedding.pt``) to
+            fine-tune from; overrides ``pretrained``.
         embedding_dim: output dimension of the neck.
         dropout: dropout of the neck (0.5 in the 3rd-place recipe).
         input_size: ``[H, W]`` in pixels.
@@ -70,6 +73,7 @@ class ModelConfig:
 
     backbone: str = "densenet121"
     pretrained: bool | str = False
+    init_from: str | None = None
     embedding_dim: int = 512
     dropout: float = 0.5
     input_size: list[int] = field(default_factory=lambda: [256, 512])

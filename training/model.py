@@ -20,6 +20,7 @@ from torch import nn
 
 from core.errors import ConfigError
 from training.config import ModelConfig
+from training.pretrained import check_normalisation, create_pip_backbone, is_pip_source
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +30,21 @@ def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
 
     Args:
         name: a timm model name, e.g. ``densenet121``.
-        pretrained: ``False``: random init. A path: weights loaded from that local file
-            (``pretrained_cfg_overlay=dict(file=...)``). ``True``: timm's hub; when that fails
-            (offline, ``HF_HUB_OFFLINE=1``) a warning is logged and the weights stay random.
+        pretrained: ``False``: random init. ``pip:NAME`` (e.g. ``pip:efficientnet-lite0``): ImageNet
+            weights shipped by an installed package (:mod:`training.pretrained`, works offline). A
+            path: weights loaded from that local file (``pretrained_cfg_overlay=dict(file=...)``).
+            ``True``: timm's hub; when that fails (offline, ``HF_HUB_OFFLINE=1``) a warning is logged
+            and the weights stay random.
 
     Raises:
-        ConfigError: unknown model name (the message lists close names), or a missing weights file.
+        ConfigError: unknown model name (the message lists close names), a missing weights file, or
+            a ``pip:`` source whose package is not installed or does not fit ``name``.
     """
     if name not in timm.list_models():
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         raise ConfigError(f"unknown backbone {name!r}; close timm names: {close or 'none'} (see timm.list_models())")
+    if is_pip_source(pretrained):
+        return create_pip_backbone(name, pretrained, num_classes=0)
     if isinstance(pretrained, str) and pretrained:
         path = Path(pretrained)
         if not path.is_file():
@@ -88,8 +94,21 @@ class EmbeddingNet(nn.Module):
 
 
 def build_embedding_net(cfg: ModelConfig) -> EmbeddingNet:
-    """The one factory for embedding networks: any timm backbone name plus the neck."""
-    return EmbeddingNet(create_backbone(cfg.backbone, cfg.pretrained), cfg.embedding_dim, cfg.dropout)
+    """The one factory for embedding networks: any timm backbone name plus the neck.
+
+    With ``cfg.init_from`` (a bundle such as ``starter/``, its ``model.onnx``, or a ``.pt`` state dict)
+    the whole network, backbone and neck, starts from those weights (:func:`load_init_weights`).
+
+    Raises:
+        ConfigError: see :func:`create_backbone`; a ``pip:`` source whose normalisation differs from
+            ``cfg.mean``/``cfg.std``; an ``init_from`` file that is missing or does not fit.
+    """
+    check_normalisation(cfg.pretrained, cfg.mean, cfg.std)
+    pretrained = False if cfg.init_from else cfg.pretrained
+    net = EmbeddingNet(create_backbone(cfg.backbone, pretrained), cfg.embedding_dim, cfg.dropout)
+    if cfg.init_from:
+        load_init_weights(net, cfg.init_from)
+    return net
 
 
 def freeze_prefixes(model: EmbeddingNet, prefixes: list[str]) -> int:
@@ -122,3 +141,53 @@ def set_frozen_bn_eval(model: EmbeddingNet, prefixes: list[str]) -> None:
     for n, m in model.backbone.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(n.startswith(p) for p in prefixes):
             m.eval()
+
+
+def onnx_state_dict(path: str | Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors named ``names`` among an ONNX model's initializers (copies, float32 as stored).
+
+    A bundle exported with ``fine_tunable`` (``whaleid export --fine-tunable``) keeps every parameter
+    and BatchNorm statistic as an initializer under its PyTorch name; a default export folds the
+    BatchNorms into the convolutions, and those names are then missing.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    wanted = set(names)
+    graph = onnx.load(str(path)).graph
+    return {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer if i.name in wanted}
+
+
+def load_init_weights(net: EmbeddingNet, source: str | Path) -> None:
+    """Initialise ``net`` (backbone and neck) from a bundle folder, its ``model.onnx``, or a ``.pt``
+    state dict, strictly: every parameter and BatchNorm statistic must be there with its shape
+    (``num_batches_tracked`` counters excepted: they keep the network's own).
+
+    Raises:
+        ConfigError: the file is missing, or a tensor is missing or mis-shaped (the message names the
+            first few and says how to export a bundle that can be fine-tuned).
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise ConfigError(f"model.init_from: {path} does not exist")
+    own = net.state_dict()
+    if path.suffix == ".onnx":
+        state = onnx_state_dict(path, list(own))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for k, v in own.items():
+        if k.endswith("num_batches_tracked"):
+            state.setdefault(k, v)
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise ConfigError(
+            f"model.init_from: {path} lacks {len(missing)} of the network's {len(own)} tensors, e.g. "
+            f"{missing[:3]} (a bundle to fine-tune from is exported with `whaleid export --fine-tunable`)"
+        )
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(f"model.init_from: {path} does not fit this network: {exc}") from exc
+    log.info("embedding network initialised from %s", path)

@@ -196,12 +196,15 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="Training run folder.")],
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to write.")],
     fp16: Annotated[bool, typer.Option(help="Also convert weights to float16 (for GPUs).")] = False,
+    fine_tunable: Annotated[
+        bool, typer.Option(help="Keep every weight under its PyTorch name (model.init_from can fine-tune from it).")
+    ] = False,
 ) -> None:
     """Export the embedding network (never the head) to ONNX + manifest, verified against torch."""
     _setup_logging()
     from training.export import export_bundle
 
-    rep = export_bundle(run_dir, out, fp16=fp16)
+    rep = export_bundle(run_dir, out, fp16=fp16, fine_tunable=fine_tunable)
     typer.echo(
         "onnxruntime vs torch, max abs difference by batch size: "
         + ", ".join(f"{n}: {d:.2e}" for n, d in rep.max_abs_diff.items())
