@@ -21,7 +21,9 @@ from service.docs import install_docs
 from service.engine import WhaleService
 from service.errors import install_error_handlers
 from service.limits import MULTIPART_OVERHEAD_BYTES, BodyLimitMiddleware
+from service.metrics import method_label
 from service.routes import gallery, health, identify
+from service.server import http_protocol
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         t0 = time.perf_counter()
         service = WhaleService(settings)
+        service.gallery.store.busy_timeout_s = settings.busy_timeout_s  # WHALEID_BUSY_TIMEOUT_S
         await service.start()
         app.state.service = service
         log.info(
@@ -94,8 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         name = getattr(route, "path", "unmatched")
         service = getattr(request.app.state, "service", None)
         if service is not None:
-            service.metrics.requests.labels(name, request.method, str(response.status_code)).inc()
-            service.metrics.latency.labels(name, request.method).observe(time.perf_counter() - t0)
+            method = method_label(request.method)  # bounded: PROPFIND, MKCOL... count as "other"
+            service.metrics.requests.labels(name, method, str(response.status_code)).inc()
+            service.metrics.latency.labels(name, method).observe(time.perf_counter() - t0)
         return response
 
     if (STATIC / "index.html").exists():
@@ -125,4 +129,12 @@ def run(host: str = "127.0.0.1", port: int = 8000) -> None:
 
     settings = Settings()
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level, timeout_graceful_shutdown=10)
+    # http_protocol(): uvicorn's own, with a JSON 400 for requests its parser refuses (service/server.py)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+        http=http_protocol(),
+    )

@@ -6,6 +6,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: HTTP methods that get their own ``method`` label; any other (WebDAV's PROPFIND, MKCOL...) is ``other``,
+#: so a client cannot create label sets at will
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label of a request: the method when it is a known one, else ``"other"``."""
+    return method if method in KNOWN_METHODS else "other"
 
 
 class Metrics:

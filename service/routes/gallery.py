@@ -8,8 +8,9 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Respon
 from service.deps import Service, WriteAccess
 from service.errors import TOO_MANY_FILES
 from service.schemas import ERRORS, Deleted, EnrolResponse, GalleryPage, WhaleDetail
+from service.uploads import UploadRoute
 
-router = APIRouter(prefix="/gallery", tags=["gallery"])
+router = APIRouter(prefix="/gallery", tags=["gallery"], route_class=UploadRoute)
 
 
 @router.post(

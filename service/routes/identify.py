@@ -7,8 +7,9 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from core.errors import InvalidRequestError
 from service.deps import Service
 from service.schemas import ERRORS, IdentifyResponse
+from service.uploads import UploadRoute
 
-router = APIRouter(tags=["identify"])
+router = APIRouter(tags=["identify"], route_class=UploadRoute)
 
 
 @router.post(

@@ -20,20 +20,25 @@ def free_port() -> int:
 
 
 class Server:
-    """A ``whaleid serve`` subprocess; ``restart()`` keeps the same gallery folder."""
+    """A ``whaleid serve`` subprocess; ``restart()`` keeps the same gallery folder.
 
-    def __init__(self, bundle: Path, gallery: Path, log: Path, env: dict | None = None):
+    ``wrap`` is a command put before the server's (e.g. ``unshare ... sh -c '...; exec "$@"'``).
+    """
+
+    def __init__(self, bundle: Path, gallery: Path, log: Path, env: dict | None = None, wrap: list[str] | None = None):
         self.bundle, self.gallery, self.log_path = bundle, gallery, log
         self.env = env or {}
+        self.wrap = wrap or []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 120) -> Server:
+    def start(self, timeout_s: float = 120, ready_path: str = "/ready") -> Server:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "WHALEID_BATCH_WAIT_MS": "5", **self.env}
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
+                *self.wrap,
                 sys.executable,
                 "-m",
                 "whaleid",
@@ -53,7 +58,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                if httpx.get(self.url + ready_path, timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
