@@ -94,7 +94,7 @@ def validate_whale_id(whale_id: str) -> str:
     Raises:
         InvalidIdentityError: when the id breaks a rule.
     """
-    if not isinstance(whale_id, str) or not _WHALE_ID.match(whale_id):
+    if not isinstance(whale_id, str) or not _WHALE_ID.fullmatch(whale_id):
         raise InvalidIdentityError(
             "invalid whale_id: use 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
         )

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Match
 
 from core.errors import (
     EmptyUploadError,
@@ -78,7 +78,11 @@ EDGE_CODES = {
     "method_not_allowed": (405, "a method the route does not serve (the Allow header lists those it does)"),
     "upload_too_large": (413, "the body, or one photo, is over its byte limit (counted while it streams in)"),
     "too_many_files": (413, "more photos in one request than WHALEID_MAX_FILES"),
-    "invalid_request": (422, "a parameter or field of the wrong type or out of its range"),
+    "invalid_request": (
+        422,
+        "a parameter or field of the wrong type or out of its range, or a request the bundle cannot serve "
+        "(e.g. a scoring mode it lacks)",
+    ),
     "internal_error": (500, "an unexpected error (logged with its traceback); nothing was stored"),
 }
 
@@ -98,23 +102,22 @@ def error_codes() -> list[tuple[int, str, str]]:
     """Every error the service sends: ``(status, code, when)``, sorted by status and code.
 
     The one registry of codes: the domain errors of :data:`STATUS` (each subclass of a mapped class
-    with its own ``code``; classes of ``training`` are never raised by the service), then
-    :data:`EDGE_CODES` and :data:`HTTP_CODES`. The OpenAPI document (``service.openapi``) is built from
-    it and the README's error table is checked against it.
+    with its own ``code``; classes of ``training`` are never raised by the service), the codes the
+    edge sends itself (:data:`EDGE_CODES`, whose descriptions come first) and :data:`HTTP_CODES`.
+    The OpenAPI document (``service.openapi``) is built from it; a test checks the README's error
+    table against the document.
     """
-    found: dict[tuple[int, str], str] = {}
+    found = {(status, code): when for code, (status, when) in EDGE_CODES.items()}
 
     def walk(cls: type) -> None:
         for sub in cls.__subclasses__():
             status = _status_of_class(sub)
             if status is not None and not sub.__module__.startswith(("training", "tests")):
-                when = " ".join((sub.__doc__ or sub.__name__).split("\n\n")[0].split())
-                found.setdefault((status, sub.code), when)
+                when = " ".join((sub.__doc__ or sub.__name__).split("\n\n")[0].split()).replace("``", "`")
+                found.setdefault((status, sub.code), when[:1].lower() + when[1:].rstrip("."))
             walk(sub)
 
     walk(WhaleidError)
-    for code, (status, when) in EDGE_CODES.items():
-        found.setdefault((status, code), when)
     for status, code in HTTP_CODES.items():
         found.setdefault((status, code), HTTPStatus(status).phrase)
     return sorted((status, code, when) for (status, code), when in found.items())
@@ -122,12 +125,12 @@ def error_codes() -> list[tuple[int, str, str]]:
 
 def allowed_methods(request: Request) -> str:
     """The methods of every route on the request's path (the ``Allow`` header of a 405), e.g. ``GET, POST``."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
-            methods |= route.methods
-    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    return ", ".join(sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m)))
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
 
 
 def error_response(status: int, detail: str, **extra) -> JSONResponse:

@@ -22,6 +22,7 @@ from service.engine import WhaleService
 from service.errors import install_error_handlers
 from service.limits import MULTIPART_OVERHEAD_BYTES, BodyLimitMiddleware
 from service.metrics import method_label
+from service.openapi import install_openapi
 from service.routes import gallery, health, identify
 from service.server import http_protocol
 
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     install_docs(app)
+    install_openapi(app)
     app.include_router(health.router)
     app.include_router(identify.router)
     app.include_router(gallery.router)

@@ -104,7 +104,7 @@ class IdentifyResponse(BaseModel):
     boxes: list[list[float]] = Field(
         description="The TTA boxes embedded, [x0, y0, x1, y1] pixels on the upright photo."
     )
-    detected_box: list[float] | None = Field(description="The detector's box, when the bundle has a detector.")
+    detected_box: list[float] | None = Field(None, description="The detector's box, when the bundle has a detector.")
     image_size: list[int] = Field(description="[width, height] of the upright photo in pixels.")
     exif_rotated: bool
     threshold: float = Field(description="The new_whale threshold used.")

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from anyio import to_thread
-from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
 
 from service.deps import Service, WriteAccess
 from service.errors import TOO_MANY_FILES
@@ -11,6 +11,9 @@ from service.schemas import ERRORS, Deleted, EnrolResponse, GalleryPage, WhaleDe
 from service.uploads import UploadRoute
 
 router = APIRouter(prefix="/gallery", tags=["gallery"], route_class=UploadRoute)
+# SQLite's largest integer: a larger offset or image id cannot even be looked up (422, not a 500)
+MAX_SQLITE_INT = 2**63 - 1
+ImageId = Annotated[int, Path(ge=1, le=MAX_SQLITE_INT, description="A photo's id (from POST /gallery).")]
 
 
 @router.post(
@@ -43,7 +46,7 @@ async def enrol(
 @router.get("", response_model=GalleryPage, summary="List whales (paged, with photo counts)")
 async def list_whales(
     service: Service,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_SQLITE_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     q: Annotated[str, Query(max_length=64, description="Whale id prefix.")] = "",
 ) -> dict:
@@ -86,7 +89,7 @@ async def whale(service: Service, whale_id: str, request: Request) -> dict:
     responses={200: {"content": {"image/jpeg": {}}}, 404: ERRORS[404]},
     summary="A photo's thumbnail",
 )
-async def thumbnail(service: Service, whale_id: str, image_id: int, request: Request) -> Response:
+async def thumbnail(service: Service, whale_id: str, image_id: ImageId, request: Request) -> Response:
     """JPEG thumbnail (longest side `WHALEID_THUMBNAIL_PX`), cacheable: image ids are never reused."""
     from core.errors import UnknownImageError
 
@@ -124,7 +127,7 @@ async def delete_whale(service: Service, whale_id: str) -> dict:
     responses={k: ERRORS[k] for k in (401, 403, 404)},
     summary="Delete one photo of a whale",
 )
-async def delete_image(service: Service, whale_id: str, image_id: int) -> dict:
+async def delete_image(service: Service, whale_id: str, image_id: ImageId) -> dict:
     deleted = await to_thread.run_sync(service.gallery.remove_image, whale_id, image_id)
     service.changed()
     return {
