@@ -23,9 +23,11 @@ def test_quickstart_builds_a_servable_bundle(tmp_path):
     data = make_synthetic_dataset(tmp_path / "data", SyntheticSpec(identities=10, new_whales=4, seed=5))
     home = tmp_path / "qs"
     args = ["quickstart", "--no-serve", "--home", home, "--images", data / "images"]
-    args += ["--labels", data / "train.csv", "--boxes", data / "boxes.csv"]
+    args += ["--labels", data / "train.csv", "--boxes", data / "boxes.csv", "--train"]
     for o in (
         "model.backbone=test_resnet",
+        "model.pretrained=false",  # neither the ImageNet Lite0 nor the starter model: a tiny network
+        "model.init_from=null",
         "model.input_size=[32, 64]",
         "model.embedding_dim=32",
         "optim.batch_size=8",

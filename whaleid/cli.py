@@ -468,10 +468,16 @@ def quickstart(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     serve: Annotated[bool, typer.Option(help="Serve after building.")] = True,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Training-config override key=value (repeatable).")
+        list[str] | None, typer.Option("--set", help="Training-config override key=value (repeatable, --train).")
+    ] = None,
+    train: Annotated[
+        bool, typer.Option(help="Fine-tune the starter model on the photos first (configs/cpu-lite0.yaml).")
+    ] = False,
+    starter: Annotated[
+        Path | None, typer.Option(help="Starter bundle (default: the one shipped).", exists=True, file_okay=False)
     ] = None,
 ) -> None:
-    """Build a small bundle (synthetic photos by default, or yours), then serve it with curl examples."""
+    """Serve the starter model with your photos (or synthetic ones) enrolled and calibrated; --train trains first."""
     _setup_logging()
     from whaleid.quickstart import quickstart as run_quickstart
 
@@ -479,7 +485,7 @@ def quickstart(
         from index.labels import read_labels
 
         read_labels(labels)  # a labels file without its columns fails now, not after minutes of work
-    run_quickstart(images, labels, boxes, home, host, port, serve, overrides=set_)
+    run_quickstart(images, labels, boxes, home, host, port, serve, overrides=set_, train=train, starter=starter)
 
 
 def main() -> None:

@@ -1,12 +1,15 @@
 """``whaleid quickstart``: from nothing to a serving bundle on one machine.
 
 1. data: the synthetic fluke set (default) or your photos (``--images DIR --labels CSV``);
-2. train ``configs/cpu-small.yaml`` (a few minutes on 2 CPU cores);
-3. export the bundle (ONNX + manifest, verified against torch);
-4. build the gallery from the run's training photos (with SIFT features), choose the new_whale
-   thresholds of the ``embedding`` and ``fused`` scoring modes on its validation photos as the service
-   will see them (no boxes: the bundle's TTA boxes, as for an upload), make the better of the two the
-   bundle's default, then enrol the validation photos too;
+2. the starter model (``starter/``, an EfficientNet-Lite0 + ArcFace embedding trained on real flukes;
+   see its MODEL_CARD.md): no training. With ``--train``: fine-tune ``configs/cpu-lite0.yaml`` from
+   the starter weights on the photos (minutes for the synthetic set, hours for a real catalogue);
+3. split the photos by whale into a gallery and validation photos (with ``--train``: export the
+   trained bundle, ONNX verified against torch, and use the run's split);
+4. build the gallery from the gallery photos (with SIFT features), choose the new_whale thresholds of
+   the ``embedding`` and ``fused`` scoring modes on the validation photos as the service will see them
+   (no boxes: the bundle's TTA boxes, as for an upload), make the better of the two the bundle's
+   default, then enrol the validation photos too;
 5. serve on 127.0.0.1:8000 and print ``curl`` examples.
 
 A bundle that already exists is served as it is (delete the folder to rebuild it).
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import typer
 
+from core.errors import ConfigError
 from core.manifest import MANIFEST_NAME, load_manifest
 
 DEFAULT_HOME = Path("artifacts") / "quickstart"
@@ -30,6 +34,12 @@ FUSED_SHORTLIST_ALL = 1_000_000
 # validation photos used to calibrate: matching each against every gallery photo is the slow part
 # (about 2 s a photo against 2,000 real gallery photos on one core)
 MAX_CALIBRATION_QUERIES = 150
+# --train: configs/cpu-lite0.yaml fine-tuned from the starter model on all cores, for a short schedule
+TRAIN_CONFIG = "cpu-lite0.yaml"
+TRAIN_OVERRIDES = ["threads=0", "stages.0.epochs=2", "head.margin_warmup_epochs=1"]
+# what the steps took for the synthetic set on this machine (2 cores), printed before each step
+STEP_SECONDS_TRAIN = "about 3 minutes on 2 cores for the synthetic set"
+STEP_SECONDS_GALLERY = "about 30 s on 2 cores for the synthetic set"
 
 
 def calibration_subset(queries: Path, out: Path, limit: int = MAX_CALIBRATION_QUERIES, seed: int = 0) -> Path:
@@ -44,13 +54,13 @@ def calibration_subset(queries: Path, out: Path, limit: int = MAX_CALIBRATION_QU
     return out
 
 
-def config_path() -> Path:
-    """``configs/cpu-small.yaml`` of the checkout, or the copy shipped inside the package."""
+def config_path(name: str = TRAIN_CONFIG) -> Path:
+    """``configs/NAME`` of the checkout, or the copy shipped inside the package."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "configs" / "cpu-small.yaml", here / "configs" / "cpu-small.yaml"):
+    for candidate in (here.parent / "configs" / name, here / "configs" / name):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError("configs/cpu-small.yaml not found next to the whaleid package")
+    raise FileNotFoundError(f"configs/{name} not found next to the whaleid package")
 
 
 def _step(n: int, text: str) -> float:
@@ -58,18 +68,82 @@ def _step(n: int, text: str) -> float:
     return time.perf_counter()
 
 
-def build(
-    home: Path, images: Path | None, labels: Path | None, boxes: Path | None, overrides: list[str] | None = None
+def _done(t: float, text: str = "") -> None:
+    typer.echo(f"      {text}{'; ' if text else ''}took {time.perf_counter() - t:.0f} s")
+
+
+def _fine_tune(
+    home: Path,
+    images: Path,
+    labels: Path,
+    boxes: Path | None,
+    overrides: list[str],
+    starter: Path | None,
+    synthetic: bool,
 ) -> Path:
-    """Steps 1 to 4; returns the bundle folder. ``overrides`` are ``key=value`` training-config
-    overrides applied after the quickstart's own (as ``whaleid train --set``)."""
+    """Steps 2 and 3 of ``--train``: fine-tune ``configs/cpu-lite0.yaml`` from the starter model (from
+    the ImageNet weights of ``pip:efficientnet-lite0`` when no starter is installed), then export."""
     from training.config import load_config
     from training.engine import train
     from training.export import export_bundle
+
+    expect = STEP_SECONDS_TRAIN if synthetic else "minutes to hours: about 5 photos a second on 2 cores"
+    t = _step(2, f"fine-tune {config_path().name} on your photos (progress below; {expect})")
+    mine = [f"run_dir={home / 'run'}", f"data.images={images}", f"data.labels={labels}", *TRAIN_OVERRIDES]
+    if boxes:
+        mine.append(f"data.boxes={boxes}")
+    if starter is not None:
+        mine.append(f"model.init_from={starter}")
+    cfg = load_config(config_path(), [*mine, *overrides])
+    resume = (home / "run" / "checkpoints" / "last.pt").exists() and not (home / "run" / "eval.json").exists()
+    run = train(cfg, resume=resume)
+    ev = json.loads((run / "eval.json").read_text())
+    _done(t, f"validation MAP@5 {ev['map5']:.3f} on the photos' boxes")
+    t = _step(3, "export the bundle (ONNX, verified against torch)")
+    rep = export_bundle(run, home / "bundle", fine_tunable=True)
+    _done(t, f"max |onnxruntime - torch| = {max(rep.max_abs_diff.values()):.1e}")
+    return run
+
+
+def build(
+    home: Path,
+    images: Path | None,
+    labels: Path | None,
+    boxes: Path | None,
+    overrides: list[str] | None = None,
+    train: bool = False,
+    starter: Path | None = None,
+) -> Path:
+    """Steps 1 to 4; returns the bundle folder.
+
+    Args:
+        home: working folder (``synthetic/``, ``split/``, ``bundle/``, and ``run/`` with ``train``).
+        images, labels, boxes: your photos; ``None``: the synthetic set.
+        overrides: ``key=value`` training-config overrides (``train`` only), applied after the quickstart's.
+        train: fine-tune on the photos first (``configs/cpu-lite0.yaml``); else serve the starter model.
+        starter: the starter bundle (default: the one shipped, :func:`whaleid.starter.starter_bundle`;
+            without one, the quickstart trains, from the ImageNet weights of ``pip:efficientnet-lite0``).
+
+    Raises:
+        ConfigError: bad photos or labels; ``train`` without the starter nor the ``pretrained`` extra.
+        typer.BadParameter: ``overrides`` without ``train``.
+    """
     from training.synthetic import make_synthetic_dataset
+    from whaleid.starter import copy_starter, split_photos, starter_bundle
     from whaleid.workflows import build_gallery, calibrate, split_csv
 
+    if overrides and not train:
+        raise typer.BadParameter("--set changes the training config: add --train")
+    if starter is None:
+        try:
+            starter = starter_bundle()
+        except ConfigError as exc:  # a checkout without starter/: train (from the ImageNet weights)
+            if not train:
+                typer.secho(f"{exc.detail}; training one instead (as --train)", fg=typer.colors.YELLOW)
+            train, starter = True, None
     bundle = home / "bundle"
+    split = home / "split"
+    synthetic = images is None
     t = _step(1, "data")
     if images is None:
         data = home / "synthetic"
@@ -79,30 +153,29 @@ def build(
         typer.echo(f"      synthetic set in {data} ({sum(1 for _ in images.iterdir())} photos)")
     else:
         typer.echo(f"      photos {images}, labels {labels}" + (f", boxes {boxes}" if boxes else ""))
-    t = _step(2, f"train {config_path().name} (progress below; about 3 minutes on 2 cores for the synthetic set)")
-    extra = list(overrides or [])
-    overrides = [f"run_dir={home / 'run'}", f"data.images={images}", f"data.labels={labels}"]
-    if boxes:
-        overrides.append(f"data.boxes={boxes}")
-    cfg = load_config(config_path(), [*overrides, *extra])
-    resume = (home / "run" / "checkpoints" / "last.pt").exists() and not (home / "run" / "eval.json").exists()
-    run = train(cfg, resume=resume)
-    ev = json.loads((run / "eval.json").read_text())
-    typer.echo(
-        f"      validation MAP@5 {ev['map5']:.3f}, new_whale threshold {ev['threshold']:.3f} "
-        f"({time.perf_counter() - t:.0f} s)"
+    if train:
+        run = _fine_tune(home, images, labels, boxes, list(overrides or []), starter, synthetic)
+        split_csv(run, split)
+    else:
+        t = _step(2, f"the starter model {starter} (a fluke embedding trained on real photos: no training here)")
+        manifest = copy_starter(starter, bundle)
+        _done(t, f"{manifest.model.architecture}, {manifest.model.embedding_dim}-d, {manifest.model_version}")
+        t = _step(3, "split the photos by whale: a gallery, and validation photos to calibrate on")
+        summary = split_photos(images, labels, boxes, split)
+        split_csv(split, split)
+        _done(
+            t,
+            f"{summary['train_photos']} gallery photos of {summary['train_identities']} whales, "
+            f"{summary['queries']} validation photos",
+        )
+    expect = STEP_SECONDS_GALLERY if synthetic else "about 1 s a photo on 2 cores, most of it SIFT matching"
+    t = _step(
+        4,
+        f"build the gallery, choose the scoring mode and the new_whale threshold as the service sees photos ({expect})",
     )
-    t = _step(3, "export the bundle (ONNX, verified against torch)")
-    rep = export_bundle(run, bundle)
-    typer.echo(
-        f"      max |onnxruntime - torch| = {max(rep.max_abs_diff.values()):.1e} ({time.perf_counter() - t:.0f} s)"
-    )
-    t = _step(4, "build the gallery, choose the scoring mode and the new_whale threshold as the service sees photos")
-    split = home / "split"
-    split_csv(run, split)
     build_gallery(bundle, images, split / "gallery.csv", split / "gallery_boxes.csv", reset=True, local_features=True)
-    # training chose its threshold on box crops; an upload has no box, so choose again on the
-    # validation photos without their boxes (the bundle's TTA boxes, exactly as /identify does)
+    # choose the threshold on the validation photos without their boxes (the bundle's TTA boxes,
+    # exactly as /identify does): an upload has no box
     queries = calibration_subset(split / "queries.csv", split / "calibration.csv")
     emb = calibrate(bundle, images, queries, progress=False)
     fused = calibrate(bundle, images, queries, mode="fused", shortlist_k=FUSED_SHORTLIST_ALL)
@@ -169,8 +242,10 @@ def quickstart(
     port: int = 8000,
     serve: bool = True,
     overrides: list[str] | None = None,
+    train: bool = False,
+    starter: Path | None = None,
 ) -> Path:
-    """Build the quickstart bundle when missing, then serve it (see the module docstring)."""
+    """Build the quickstart bundle when missing (:func:`build`), then serve it (see the module docstring)."""
     if (images is None) != (labels is None):
         raise typer.BadParameter("--images and --labels go together")
     home = Path(home)
@@ -179,7 +254,7 @@ def quickstart(
     if (bundle / MANIFEST_NAME).exists() and (bundle / "gallery").exists():
         typer.echo(f"bundle {bundle} exists: serving it (delete the folder to rebuild)")
     else:
-        bundle = build(home, images, labels, boxes, overrides)
+        bundle = build(home, images, labels, boxes, overrides, train=train, starter=starter)
         typer.secho(f"bundle ready in {time.perf_counter() - t0:.0f} s: {bundle}", fg=typer.colors.GREEN)
     examples = (None, None)
     photos = images or home / "synthetic" / "images"
