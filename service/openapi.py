@@ -14,6 +14,8 @@ error bodies of its exception handlers, are added here, from the same sources th
   ``POST /gallery``, a photo of at least one byte in an accepted image format, the whale id rules
   (:func:`index.store.validate_whale_id`), and the scoring modes this bundle serves without a
   ``threshold``;
+* ``X-API-Key`` as an ``apiKey`` security scheme of the writes when ``WHALEID_API_KEY`` is set (and
+  not at all when it is not: the service then ignores the header);
 * links from ``POST /gallery`` (and the gallery listings) to the routes that take the returned ids,
   so a client or a stateful fuzzer can follow them.
 """
@@ -31,6 +33,8 @@ HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "tra
 # the photo formats core.preprocess.decode_image accepts, as media types (the bytes are sniffed; the
 # part's Content-Type is not read)
 IMAGE_MEDIA_TYPES = "image/jpeg, image/png, image/webp, image/bmp, image/gif, image/tiff, image/avif"
+API_KEY_HEADER = "X-API-Key"
+API_KEY_SCHEME = "ApiKey"
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -157,6 +161,7 @@ def complete_document(doc: dict[str, Any], app: FastAPI) -> dict[str, Any]:
                 responses[str(status)] = error_response(status, by_status.get(status, []), examples)
             _complete_body(doc, op, settings)
             _complete_parameters(op, service)
+            _complete_security(doc, op, settings)
     _add_links(doc, operation_ids)
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
@@ -227,6 +232,29 @@ def _complete_parameters(op: dict[str, Any], service: Any) -> None:
                 "Scoring mode (default: the bundle's). The modes of this bundle with a calibrated new_whale "
                 "threshold; GET /ready lists them all (scoring_modes)."
             )
+
+
+def _complete_security(doc: dict[str, Any], op: dict[str, Any], settings: Any) -> None:
+    """``X-API-Key`` as what it is: a security scheme when ``WHALEID_API_KEY`` is set, else nothing.
+
+    FastAPI lists the header as an optional parameter of the writes; the service ignores it unless a
+    key is set, and then refuses a write without it (401) or with a wrong one (403).
+    """
+    params = op.get("parameters", [])
+    keyed = [p for p in params if p.get("in") == "header" and p.get("name", "").lower() == API_KEY_HEADER.lower()]
+    if not keyed:
+        return
+    op["parameters"] = [p for p in params if p not in keyed]
+    if not op["parameters"]:
+        del op["parameters"]
+    if getattr(settings, "api_key", None) is not None:
+        doc["components"].setdefault("securitySchemes", {})[API_KEY_SCHEME] = {
+            "type": "apiKey",
+            "in": "header",
+            "name": API_KEY_HEADER,
+            "description": "The key of WHALEID_API_KEY; writes need it (401 without, 403 wrong); reads do not.",
+        }
+        op["security"] = [{API_KEY_SCHEME: []}]
 
 
 def _add_links(doc: dict[str, Any], operation_ids: dict[tuple[str, str], str | None]) -> None:

@@ -21,7 +21,7 @@ ImageId = Annotated[int, Path(ge=1, le=MAX_SQLITE_INT, description="A photo's id
     status_code=201,
     response_model=EnrolResponse,
     dependencies=[WriteAccess],
-    responses=ERRORS,
+    responses={k: v for k, v in ERRORS.items() if k != 404},  # a new whale id is created, never 404
     summary="Enrol a new whale or add photos to a known one",
 )
 async def enrol(

@@ -89,6 +89,8 @@ def test_every_error_status_of_every_operation_has_the_error_model(doc):
             for code, example in examples.items():
                 assert example["value"]["code"] == code and example["value"]["detail"]
                 assert validator.is_valid(example["value"]), example
+    enrol = doc["paths"]["/gallery"]["post"]["responses"]
+    assert set(enrol) == {"201", "400", "401", "403", "413", "415", "422", "500", "503", "507"}  # no 404
     thumb = doc["paths"]["/gallery/{whale_id}/images/{image_id}"]["get"]["responses"]
     assert set(thumb) == {"200", "404", "422", "500", "503"}  # a read: no 507, no 413
     assert doc["paths"]["/gallery"]["post"]["responses"]["503"]["headers"]["Retry-After"]["schema"]["type"] == "integer"
@@ -206,3 +208,25 @@ def test_scoring_modes_are_those_the_bundle_serves_without_a_threshold(tmp_path)
     )
     scoring = next(p for p in app.openapi()["paths"]["/identify"]["post"]["parameters"] if p["name"] == "scoring")
     assert scoring["schema"]["enum"] == ["embedding", "fused"]
+
+
+def test_the_api_key_is_a_security_scheme_of_the_writes_when_set(doc, tmp_path):
+    # without WHALEID_API_KEY the service ignores the header: no operation takes it
+    params = [p["name"].lower() for _, _, op in operations(doc) for p in op.get("parameters", [])]
+    assert "x-api-key" not in params and "securitySchemes" not in doc["components"]
+    assert not any("security" in op for _, _, op in operations(doc))
+    (tmp_path / "manifest.json").write_text("{}")
+    keyed = create_app(Settings(bundle=tmp_path, api_key="s3cret")).openapi()
+    assert keyed["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "The key of WHALEID_API_KEY; writes need it (401 without, 403 wrong); reads do not.",
+    }
+    secured = {(method, path) for path, method, op in operations(keyed) if op.get("security") == [{"ApiKey": []}]}
+    assert secured == {
+        ("post", "/gallery"),
+        ("delete", "/gallery/{whale_id}"),
+        ("delete", "/gallery/{whale_id}/images/{image_id}"),
+    }
+    assert "s3cret" not in json.dumps(keyed)

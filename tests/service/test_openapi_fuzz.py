@@ -5,15 +5,16 @@ The run, equivalent to (from ``tests/service/fuzz``, ``PYTHONPATH=.`` for the ho
     st --config-file schemathesis.toml run http://127.0.0.1:PORT/openapi.json \\
         --checks all --seed 24 --max-examples 8 --phases examples,coverage,fuzzing,stateful
 
-Every check is on: no 5xx, status codes, content types, response headers and bodies as declared,
-schema-valid requests accepted (2xx, 304, or 404 for a drawn id) and schema-invalid ones refused
-(4xx), unsupported methods answered 405 with ``Allow``, and the stateful checks (a deleted whale is
-gone, a created one is there). Checks that do not apply here pass without effect:
-``ignored_auth``, ``object_level_authorization`` and ``missing_required_header`` (the document
-declares no security scheme and no required header: the server runs without ``WHALEID_API_KEY``,
-whose 401/403 are tested in test_api.py). The photo fields get real PNG and JPEG photos from
-``fuzz/whaleid_hooks.py``; the stateful phase follows the document's links from ``POST /gallery``
-to the routes that take the returned whale and image ids.
+Every check is on, none is turned off: no 5xx, status codes, content types, response headers and
+bodies as declared, schema-valid requests accepted (2xx, 304, or 404 for a drawn id) and
+schema-invalid ones refused (4xx, see ``fuzz/schemathesis.toml`` for the two lists), unsupported
+methods answered 405 with ``Allow``, writes refused without the API key (the server runs with
+``WHALEID_API_KEY``, the document declares it as a security scheme and schemathesis sends it), and
+the stateful checks (a deleted whale is gone, a created one is there). Two checks have nothing to
+check here and pass without effect: ``object_level_authorization`` (one key, no per-user
+resources) and ``missing_required_header`` (no operation requires a header). The photo fields get
+real PNG and JPEG photos from ``fuzz/whaleid_hooks.py``; the stateful phase follows the document's
+links from ``POST /gallery`` to the routes that take the returned whale and image ids.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def _requests(metrics: str, method: str, route: str, status: int) -> float:
 
 def test_schemathesis_finds_no_5xx_and_no_disagreement_with_the_document(real_bundle, gallery_copy, tmp_path):
     # 3 photos at most a request: the coverage phase sends maxItems photos (and one more, refused with 413)
-    srv = Server(real_bundle, gallery_copy, tmp_path / "server.log", env={"WHALEID_MAX_FILES": "3"}).start()
+    key = "fuzz-key-24"
+    env = {"WHALEID_MAX_FILES": "3", "WHALEID_API_KEY": key}
+    srv = Server(real_bundle, gallery_copy, tmp_path / "server.log", env=env).start()
     try:
         st = Path(sys.executable).with_name("st")
         cmd = [
@@ -67,7 +70,7 @@ def test_schemathesis_finds_no_5xx_and_no_disagreement_with_the_document(real_bu
             "--report-dir",
             str(tmp_path / "report"),
         ]
-        env = {**os.environ, "PYTHONPATH": str(FUZZ), "SCHEMATHESIS_HOOKS": "whaleid_hooks"}
+        env = {**os.environ, "PYTHONPATH": str(FUZZ), "WHALEID_FUZZ_API_KEY": key}
         t0 = time.perf_counter()
         run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
         took = time.perf_counter() - t0
@@ -86,7 +89,8 @@ def test_schemathesis_finds_no_5xx_and_no_disagreement_with_the_document(real_bu
     assert _requests(metrics, "GET", "/gallery/{whale_id}", 200) >= 1
     assert _requests(metrics, "GET", "/gallery/{whale_id}/images/{image_id}", 200) >= 1
     assert _requests(metrics, "DELETE", "/gallery/{whale_id}", 200) >= 1
-    # and refused what it should: unsupported methods, schema-invalid requests
+    # and refused what it should: unsupported methods, writes without the key, schema-invalid requests
     assert _requests(metrics, "OPTIONS", "/gallery", 405) >= 1
+    assert _requests(metrics, "POST", "/gallery", 401) >= 1
     assert _requests(metrics, "POST", "/identify", 400) + _requests(metrics, "POST", "/identify", 422) >= 1
     assert not re.search(r'whaleid_requests_total\{[^}]*status="5\d\d"', metrics)
