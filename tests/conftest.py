@@ -50,26 +50,35 @@ def pytest_collection_modifyitems(config, items):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """Progress of slow tests on the terminal (pytest shows a test only when it ends)."""
+    import contextlib
     import threading
     import time
 
     reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+    capture = item.config.pluginmanager.get_plugin("capturemanager")
     if item.get_closest_marker("slow") is None or reporter is None:
         yield
         return
     t0, done = time.monotonic(), threading.Event()
-    reporter.write_line(f"[slow] {item.nodeid}: started {time.strftime('%H:%M:%S')}")
+
+    def say(text: str) -> None:
+        # past pytest's output capture (as live logging does), flushed: shown at once in a pipe or log file
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.write_line(f"[slow] {item.nodeid}: {text}")
+            reporter.write("", flush=True)
+
+    say(f"started {time.strftime('%H:%M:%S')}")
 
     def beat():
         while not done.wait(HEARTBEAT_S):
-            reporter.write_line(f"[slow] {item.nodeid}: still running, {time.monotonic() - t0:.0f} s")
+            say(f"still running, {time.monotonic() - t0:.0f} s")
 
     threading.Thread(target=beat, daemon=True, name="slow-test-heartbeat").start()
     try:
         yield
     finally:
         done.set()
-        reporter.write_line(f"[slow] {item.nodeid}: {time.monotonic() - t0:.0f} s")
+        say(f"{time.monotonic() - t0:.0f} s")
 
 
 @pytest.fixture(scope="session")
