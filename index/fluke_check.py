@@ -1,7 +1,7 @@
 """Does a photo look like a fluke? A check from evidence the bundle already has (torch-free).
 
 A circuit board or an empty sea still gets a ranking; this check tells the reviewer that the ranking
-means nothing. Two pieces of evidence:
+means nothing. Three pieces of evidence, any of which flags the photo:
 
 * **unusable**: the upright photo's shorter side is under :data:`MIN_SIDE_PX` pixels (no fluke can
   be told apart at that size). Of the 4,174 real photos of ``../shared/data/flukes`` one is that
@@ -13,10 +13,18 @@ means nothing. Two pieces of evidence:
   flagged when its best similarity (``Hit.score`` of the embedding search) is below the
   :data:`REFERENCE_QUANTILE` quantile of that reference minus :data:`REFERENCE_MARGIN`. This is an
   outlier test in the model's own embedding space (nearest-neighbour novelty detection); it needs
-  no retraining and follows the catalogue as it grows.
+  no retraining and follows the catalogue as it grows. It is only as good as the model: with a
+  network trained for minutes on a CPU every photo, fluke or not, lands close to the gallery.
+* **unlike fluke photos**: five statistics of the photo itself (:func:`photo_statistics`: mean
+  saturation, share of white pixels, share of the most common colour, mean absolute Laplacian,
+  number of colours in use) are farther from those of real fluke photos than 99 % of real fluke
+  photos are (Mahalanobis distance, a one-class model fitted on real flukes only:
+  :data:`PHOTO_MODEL`). Plots, documents, screenshots, synthetic patterns and many indoor photos
+  fall outside; a photo of the empty sea does not.
 
-The constants were chosen on real fluke photos and on non-fluke photos (see the README's
-"Not a fluke" figures and ``scripts/measure_fluke_check.py``).
+The constants were fitted on half of the real photos of ``../shared/data/flukes/playground2018``
+and measured on the other half, on the Kaggle 2019 photos and on non-fluke photos (the README's
+"Does it look like a fluke?" figures; ``scripts/measure_fluke_check.py`` reproduces both).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
 from index.vectors import l2_normalize
@@ -45,18 +54,77 @@ MIN_REFERENCE_PHOTOS = 10
 #: The reference is recomputed when the number of stored photos changed by more than this share.
 REFERENCE_REFRESH_SHARE = 0.1
 
+#: One-class model of real fluke photos in the space of :func:`photo_features`: mean, precision
+#: (inverse covariance) and the largest Mahalanobis distance accepted (the 99th percentile of the
+#: 1,640 real photos it was fitted on). Fitted by ``scripts/measure_fluke_check.py`` (seed 0).
+PHOTO_MODEL = {
+    "mean": (-4.056988, -4.55182, -0.702188, -2.560024, 2.626452),
+    "precision": (
+        (1.251901, 0.117289, 0.205869, 1.299913, -4.658634),
+        (0.117289, 0.229018, -0.306489, -0.21174, -0.288181),
+        (0.205869, -0.306489, 3.623847, 1.994986, 0.512983),
+        (1.299913, -0.21174, 1.994986, 8.684801, -5.600623),
+        (-4.658634, -0.288181, 0.512983, -5.600623, 20.282908),
+    ),
+    "max_distance": 4.5014,
+}
+#: The photo is shrunk to this size (width, height) for its statistics.
+STATS_SIZE = (256, 128)
+
+
+def photo_statistics(pixels: np.ndarray) -> np.ndarray:
+    """Five cheap statistics of a photo, on a 256 x 128 copy.
+
+    Args:
+        pixels: ``(H, W, 3) uint8`` RGB photo.
+
+    Returns:
+        ``(5,) float64``: mean HSV saturation (0..1); share of white pixels (value > 240 and
+        saturation < 15 of 255); share of the most common colour (RGB quantised to 8 levels a
+        channel); mean absolute Laplacian of the grey image (0..1 per pixel); number of quantised
+        colours covering at least 0.1 % of the pixels.
+    """
+    small = cv2.resize(np.ascontiguousarray(pixels), STATS_SIZE, interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+    sat, val = hsv[..., 1].astype(np.float32), hsv[..., 2].astype(np.float32)
+    q = (small >> 5).astype(np.int32)
+    counts = np.bincount((q[..., 0] * 64 + q[..., 1] * 8 + q[..., 2]).ravel(), minlength=512) / q[..., 0].size
+    grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    lap = float(np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean()) / 255.0
+    return np.array(
+        [sat.mean() / 255.0, ((val > 240) & (sat < 15)).mean(), counts.max(), lap, (counts >= 0.001).sum()],
+        np.float64,
+    )
+
+
+def photo_features(stats: np.ndarray) -> np.ndarray:
+    """Statistics ``(n, 5)`` (or ``(5,)``) to the model's space: logits of the three shares, logs of the rest."""
+    x = np.atleast_2d(np.asarray(stats, np.float64))
+    eps = 1e-3
+    shares = np.clip(x[:, :3], eps, 1 - eps)
+    return np.column_stack([np.log(shares / (1 - shares)), np.log(x[:, 3] + eps), np.log(np.maximum(x[:, 4], 1))])
+
+
+def photo_distance(pixels: np.ndarray, model: dict = PHOTO_MODEL) -> float:
+    """Mahalanobis distance of a photo's statistics from real fluke photos (see :data:`PHOTO_MODEL`)."""
+    z = photo_features(photo_statistics(pixels))[0] - np.asarray(model["mean"])
+    return float(np.sqrt(max(z @ np.asarray(model["precision"]) @ z, 0.0)))
+
 
 @dataclass(frozen=True)
 class FlukeCheck:
     """The verdict and its evidence.
 
     Attributes:
-        looks_like_fluke: False when the photo is unusable or unlike every gallery photo.
-        reason: ``"too_small"``, ``"unlike_gallery"`` or None.
+        looks_like_fluke: False when the photo is unusable, unlike real fluke photos or unlike every
+            gallery photo.
+        reason: ``"too_small"``, ``"unlike_fluke_photos"``, ``"unlike_gallery"`` or None.
         gallery_similarity: cosine similarity to the nearest gallery identity (None: empty gallery).
         min_similarity: the flag threshold on ``gallery_similarity`` (None: no reference yet).
         reference_photos: gallery photos in the reference.
         min_side_px: the photo's shorter side in pixels.
+        photo_distance: distance of the photo's statistics from real fluke photos.
+        max_photo_distance: the largest one accepted.
     """
 
     looks_like_fluke: bool
@@ -65,6 +133,8 @@ class FlukeCheck:
     min_similarity: float | None
     reference_photos: int
     min_side_px: int
+    photo_distance: float | None = None
+    max_photo_distance: float | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -73,6 +143,8 @@ class FlukeCheck:
             "min_similarity": None if self.min_similarity is None else round(self.min_similarity, 5),
             "reference_photos": self.reference_photos,
             "min_side_px": self.min_side_px,
+            "photo_distance": None if self.photo_distance is None else round(self.photo_distance, 3),
+            "max_photo_distance": self.max_photo_distance,
         }
 
 
@@ -119,6 +191,7 @@ class FlukeChecker:
         gallery: the gallery searched by the identify pipeline.
         quantile, margin: see :data:`REFERENCE_QUANTILE`, :data:`REFERENCE_MARGIN`.
         min_photos: fewest gallery photos for a reference (below it nothing is flagged as unlike).
+        photo_model: the one-class model of fluke photos (None: that evidence is not used).
     """
 
     def __init__(
@@ -127,11 +200,13 @@ class FlukeChecker:
         quantile: float = REFERENCE_QUANTILE,
         margin: float = REFERENCE_MARGIN,
         min_photos: int = MIN_REFERENCE_PHOTOS,
+        photo_model: dict | None = PHOTO_MODEL,
     ):
         self.gallery = gallery
         self.quantile = float(quantile)
         self.margin = float(margin)
         self.min_photos = int(min_photos)
+        self.photo_model = photo_model
         self._lock = threading.Lock()
         self._ref: tuple[int, float | None, int] | None = None  # (stored photos, threshold, reference size)
 
@@ -164,8 +239,16 @@ class FlukeChecker:
         side = int(min(pixels.shape[:2]))
         best = float(hits[0].score) if hits else None
         thr, n_ref = self.reference()
-        if side < MIN_SIDE_PX and not exact:
-            return FlukeCheck(False, "too_small", best, thr, n_ref, side)
-        if not exact and best is not None and thr is not None and best < thr:
-            return FlukeCheck(False, "unlike_gallery", best, thr, n_ref, side)
-        return FlukeCheck(True, None, best, thr, n_ref, side)
+        model = self.photo_model
+        dist = photo_distance(pixels, model) if model is not None and side >= MIN_SIDE_PX else None
+        max_dist = float(model["max_distance"]) if model is not None else None
+        evidence = (best, thr, n_ref, side, dist, max_dist)
+        if exact:
+            return FlukeCheck(True, None, *evidence)
+        if side < MIN_SIDE_PX:
+            return FlukeCheck(False, "too_small", *evidence)
+        if dist is not None and max_dist is not None and dist > max_dist:
+            return FlukeCheck(False, "unlike_fluke_photos", *evidence)
+        if best is not None and thr is not None and best < thr:
+            return FlukeCheck(False, "unlike_gallery", *evidence)
+        return FlukeCheck(True, None, *evidence)

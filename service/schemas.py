@@ -27,7 +27,9 @@ class FlukeCheckInfo(BaseModel):
     """The evidence behind ``looks_like_fluke`` (see index/fluke_check.py)."""
 
     reason: str | None = Field(
-        None, description="Why the photo does not look like a fluke: too_small or unlike_gallery (null when it does)."
+        None,
+        description="Why the photo does not look like a fluke: too_small, unlike_fluke_photos or unlike_gallery "
+        "(absent when it does).",
     )
     gallery_similarity: float | None = Field(
         None, description="Cosine similarity of the photo's embedding to the nearest gallery whale."
@@ -39,6 +41,10 @@ class FlukeCheckInfo(BaseModel):
     )
     reference_photos: int = Field(0, description="Gallery photos behind min_similarity.")
     min_side_px: int = Field(description="The photo's shorter side in pixels (under 32: too small).")
+    photo_distance: float | None = Field(
+        None, description="Distance of the photo's colour and texture statistics from those of real fluke photos."
+    )
+    max_photo_distance: float | None = Field(None, description="Above this distance: unlike fluke photos.")
 
 
 class Prediction(BaseModel):
@@ -92,6 +98,8 @@ class IdentifyResponse(BaseModel):
                     "min_similarity": 0.3391,
                     "reference_photos": 2000,
                     "min_side_px": 525,
+                    "photo_distance": 1.91,
+                    "max_photo_distance": 4.5014,
                 },
                 "timing_ms": {"decode": 6.1, "boxes": 9.8, "embed": 120.4, "search": 0.4, "total": 140.2},
             }

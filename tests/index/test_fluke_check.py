@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from index.fluke_check import FlukeChecker, leave_identity_out_similarities
+from index.fluke_check import PHOTO_MODEL, FlukeChecker, leave_identity_out_similarities, photo_statistics
 
 # three whales in 2-d: A = two photos at (1, 0); B at (0, 1); C at (0.6, 0.8)
 EMB = np.array([[1, 0], [1, 0], [0, 1], [0.6, 0.8]], np.float32)
@@ -63,7 +63,8 @@ class FakeGallery:
 @pytest.fixture
 def checker():
     # reference [0.6, 0.6, 0.8, 0.8]: its 1 % quantile is 0.6, minus the 0.05 margin -> flag below 0.55
-    return FlukeChecker(FakeGallery(FakeStore(EMB, IDS)), quantile=0.01, margin=0.05, min_photos=4)
+    gallery = FakeGallery(FakeStore(EMB, IDS))
+    return FlukeChecker(gallery, quantile=0.01, margin=0.05, min_photos=4, photo_model=None)
 
 
 def test_verdicts(checker):
@@ -77,6 +78,8 @@ def test_verdicts(checker):
         "min_similarity": 0.55,
         "reference_photos": 4,
         "min_side_px": 300,
+        "photo_distance": None,
+        "max_photo_distance": None,
     }
     assert checker.check(photo, [Hit("w1", 0.56)]).looks_like_fluke
     # a gallery photo itself (same bytes) is a fluke by definition
@@ -86,7 +89,7 @@ def test_verdicts(checker):
 
 
 def test_too_small_a_gallery_flags_nothing_as_unlike():
-    small = FlukeChecker(FakeGallery(FakeStore(EMB, IDS)), min_photos=10)
+    small = FlukeChecker(FakeGallery(FakeStore(EMB, IDS)), min_photos=10, photo_model=None)
     assert small.reference() == (None, 0)
     assert small.check(np.zeros((300, 600, 3), np.uint8), [Hit("w1", -1.0)]).looks_like_fluke
 
@@ -98,3 +101,28 @@ def test_reference_follows_a_growing_gallery(checker):
     store.emb = np.vstack([EMB, [[0, 1]]]).astype(np.float32)
     store.ids = np.append(IDS, 2)
     assert checker.reference()[1] == 5
+
+
+def test_photo_statistics_by_hand():
+    # left half pure red (saturation 255, value 255), right half white (saturation 0, value 255)
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[:, :100] = (255, 0, 0)
+    img[:, 100:] = 255
+    sat, white, top, lap, colours = photo_statistics(img)
+    assert sat == pytest.approx(0.5, abs=0.01)
+    assert white == pytest.approx(0.5, abs=0.01)
+    assert top == pytest.approx(0.5, abs=0.01)
+    assert colours == 2
+    assert 0 < lap < 0.05  # edges only along the middle column
+
+
+def test_a_flat_image_is_unlike_fluke_photos_and_a_real_fluke_is_not(flukes_dir):
+    from core.preprocess import decode_image
+
+    checker = FlukeChecker(FakeGallery(FakeStore(EMB, IDS)), min_photos=10)  # no gallery reference
+    flat = checker.check(np.full((300, 600, 3), 128, np.uint8), [Hit("w1", 0.9)])
+    assert (flat.looks_like_fluke, flat.reason) == (False, "unlike_fluke_photos")
+    assert flat.photo_distance > PHOTO_MODEL["max_distance"]
+    real = decode_image((flukes_dir / "images" / "0000e88ab.jpg").read_bytes()).pixels
+    verdict = checker.check(real, [Hit("w1", 0.9)])
+    assert verdict.looks_like_fluke and verdict.photo_distance < PHOTO_MODEL["max_distance"]
