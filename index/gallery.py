@@ -297,13 +297,14 @@ class Gallery:
         """
         validate_whale_id(whale_id)
         with self._mutate:
-            out = self.store.add_images(whale_id, images)
+            groups = [(whale_id, images, False)] + ([(flipped_id(whale_id), flipped, True)] if flipped else [])
+            outs = self.store.add_image_groups(groups)  # one transaction: photos and mirrors, or nothing
             in_step = self._track()
+            out = outs[0]
             self._names[out.identity_id] = (whale_id, False)
             self._resync(out.identity_id)
             if flipped:
-                fout = self.store.add_images(flipped_id(whale_id), flipped, flipped=True)
-                in_step = self._track() and in_step
+                fout = outs[1]
                 self._names[fout.identity_id] = (flipped_id(whale_id), True)
                 self._resync(fout.identity_id)
             if not in_step:

@@ -451,48 +451,70 @@ class GalleryStore:
             The identity id, the new image ids with the positions in ``images`` they came from,
             and the ids of the photos that were already stored.
         """
-        images = list(images)
-        for img in images:
-            emb = np.asarray(img.embedding, dtype=np.float32).reshape(-1)
-            if emb.shape != (self.dim,) or not np.isfinite(emb).all():
-                raise ValueError(f"embedding must be ({self.dim},) finite float32, got {emb.shape}")
+        return self.add_image_groups([(whale_id, images, flipped)])[0]
+
+    def add_image_groups(self, groups: Sequence[tuple[str, Iterable[NewImage], bool]]) -> list[AddOutcome]:
+        """Add photos to several identities in one durable transaction: all or nothing (a whale's
+        photos and their mirror images under ``<whale_id>:flipped`` are stored together or not at all).
+
+        Args:
+            groups: ``(whale_id, images, flipped)`` per identity, as for :meth:`add_images`.
+
+        Returns:
+            One :class:`AddOutcome` per group, in order.
+        """
+        groups = [(whale_id, list(images), bool(flipped)) for whale_id, images, flipped in groups]
+        for _, images, _ in groups:
+            for img in images:
+                emb = np.asarray(img.embedding, dtype=np.float32).reshape(-1)
+                if emb.shape != (self.dim,) or not np.isfinite(emb).all():
+                    raise ValueError(f"embedding must be ({self.dim},) finite float32, got {emb.shape}")
+        outcomes, changed = [], False
         with self._write():
-            row = self._identity_row(whale_id)
-            if row is None:
-                cur = self._db.execute(
-                    "INSERT INTO identities(whale_id, flipped, created_at) VALUES (?, ?, ?)",
-                    (whale_id, int(flipped), _now()),
-                )
-                ident = int(cur.lastrowid)
-            else:
-                ident = int(row[0])
-            added, positions, dupes = [], [], []
-            for pos, img in enumerate(images):
-                existing = self._db.execute(
-                    "SELECT id FROM images WHERE identity_id=? AND sha256=?", (ident, img.sha256)
-                ).fetchone()
-                if existing:
-                    dupes.append(int(existing[0]))
-                    continue
-                cur = self._db.execute(
-                    "INSERT INTO images(identity_id, sha256, source, box, embedding, added_at, thumbnail,"
-                    " local_features) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        ident,
-                        img.sha256,
-                        img.source,
-                        None if img.box_xyxy_px is None else json.dumps([round(float(v), 2) for v in img.box_xyxy_px]),
-                        np.asarray(img.embedding, dtype=np.float32).reshape(-1).tobytes(),
-                        _now(),
-                        img.thumbnail,
-                        img.local_features,
-                    ),
-                )
-                added.append(int(cur.lastrowid))
-                positions.append(pos)
-            if added or row is None:
+            for whale_id, images, flipped in groups:
+                outcome, group_changed = self._add_group(whale_id, images, flipped)
+                outcomes.append(outcome)
+                changed = changed or group_changed
+            if changed:
                 self._bump()
-        return AddOutcome(ident, added, positions, dupes)
+        return outcomes
+
+    def _add_group(self, whale_id: str, images: list[NewImage], flipped: bool) -> tuple[AddOutcome, bool]:
+        """One identity's part of :meth:`add_image_groups` (inside its transaction)."""
+        row = self._identity_row(whale_id)
+        if row is None:
+            cur = self._db.execute(
+                "INSERT INTO identities(whale_id, flipped, created_at) VALUES (?, ?, ?)",
+                (whale_id, int(flipped), _now()),
+            )
+            ident = int(cur.lastrowid)
+        else:
+            ident = int(row[0])
+        added, positions, dupes = [], [], []
+        for pos, img in enumerate(images):
+            existing = self._db.execute(
+                "SELECT id FROM images WHERE identity_id=? AND sha256=?", (ident, img.sha256)
+            ).fetchone()
+            if existing:
+                dupes.append(int(existing[0]))
+                continue
+            cur = self._db.execute(
+                "INSERT INTO images(identity_id, sha256, source, box, embedding, added_at, thumbnail,"
+                " local_features) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ident,
+                    img.sha256,
+                    img.source,
+                    None if img.box_xyxy_px is None else json.dumps([round(float(v), 2) for v in img.box_xyxy_px]),
+                    np.asarray(img.embedding, dtype=np.float32).reshape(-1).tobytes(),
+                    _now(),
+                    img.thumbnail,
+                    img.local_features,
+                ),
+            )
+            added.append(int(cur.lastrowid))
+            positions.append(pos)
+        return AddOutcome(ident, added, positions, dupes), bool(added) or row is None
 
     def remove_identity(self, whale_id: str) -> list[int]:
         """Delete an identity and all its photos. Returns the deleted identity ids (it and its mirror).

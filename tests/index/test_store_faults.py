@@ -105,3 +105,35 @@ def test_other_sqlite_errors_are_left_alone():
     assert storage_error(exc, "g.sqlite") is exc
     full = storage_error(OSError(28, "No space left on device"), "g.sqlite")
     assert isinstance(full, InsufficientStorageError)
+
+
+class _FailingMirrorInsert:
+    """Wraps the store's connection: creating a mirror identity fails like a disk I/O error."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def execute(self, sql, params=()):
+        if sql.startswith("INSERT INTO identities") and str(params[0]).endswith(":flipped"):
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._db.execute(sql, params)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+def test_a_whale_and_its_mirror_images_are_stored_together_or_not_at_all(tmp_path):
+    from index.gallery import Gallery
+
+    g = Gallery(tmp_path / "g", dim=4)
+    g.add("w0", [_img(0)])
+    g.store._db = _FailingMirrorInsert(g.store._db)
+    with pytest.raises(sqlite3.OperationalError):
+        g.add("w1", [_img(1), _img(2)], flipped=[_img(11), _img(12)])
+    assert not g.store.has_identity("w1") and g.store.count_images(include_flipped=True) == 1
+    assert g.whale_ids() == ["w0"] and g.store.generation == 1
+    g.store._db = g.store._db._db
+    res = g.add("w1", [_img(1), _img(2)], flipped=[_img(11), _img(12)])
+    assert len(res.image_ids) == 2 and g.store.count_images(include_flipped=True) == 5
+    assert g.store.generation == 2  # one change, one generation
+    assert [h.whale_id for h in g.search(_img(1).embedding, k=2)[0]] == ["w1", "w0"]
