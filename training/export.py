@@ -249,7 +249,9 @@ def export_bundle(
             "input_size": list(cfg.model.input_size),
             "flip_identities": cfg.data.flip_identities,
             "fine_tunable": fine_tunable,
-            "pretrained": cfg.model.pretrained if isinstance(cfg.model.pretrained, str) else bool(cfg.model.pretrained),
+            # the run's initial weights (load_run resets them: the checkpoint holds the weights)
+            "pretrained": ckpt["config"]["model"].get("pretrained", False),
+            "init_from": ckpt["config"]["model"].get("init_from"),
             "onnx_max_abs_diff": diffs,
             **({"fp16_min_cosine": fp16_cos} if fp16_cos is not None else {}),
         },
