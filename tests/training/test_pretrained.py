@@ -128,6 +128,7 @@ def _trained_net(seed: int) -> EmbeddingNet:
     return net.eval()
 
 
+@pytest.mark.slow  # an ONNX export through torch's dynamo exporter: 92 s of the fast tier on a busy machine
 def test_init_from_a_state_dict_and_a_fine_tunable_onnx_export(tmp_path):
     pytest.importorskip("onnx")
     from training.export import _export_onnx
