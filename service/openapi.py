@@ -58,8 +58,9 @@ def install_openapi(app: FastAPI) -> None:
 def error_examples(settings: Any = None) -> dict[str, str]:
     """A real ``detail`` for the codes whose message is known in advance (code -> detail)."""
     from core.errors import EmptyUploadError, UnknownIdentityError, UnknownImageError
-    from core.preprocess import ACCEPTED_FORMATS, INVALID_IMAGE_DETAIL
+    from core.preprocess import ACCEPTED_FORMATS, INVALID_IMAGE_DETAIL, over_limit
     from service import errors
+    from service.limits import MULTIPART_OVERHEAD_BYTES, upload_too_large
 
     max_files = getattr(settings, "max_files", 20)
     max_upload_bytes = getattr(settings, "max_upload_bytes", 20 * 1024 * 1024)
@@ -74,9 +75,9 @@ def error_examples(settings: Any = None) -> dict[str, str]:
         "unknown_identity": UnknownIdentityError("w_1287fbc").detail,
         "unknown_image": UnknownImageError("w_1287fbc", 42).detail,
         "method_not_allowed": "Method Not Allowed",
-        "upload_too_large": errors.UPLOAD_TOO_LARGE.format(limit=max_upload_bytes),
+        "upload_too_large": upload_too_large(max_upload_bytes + MULTIPART_OVERHEAD_BYTES, "/identify"),
         "too_many_files": errors.TOO_MANY_FILES.format(limit=max_files),
-        "image_too_large": f"image too large: over the limit of {max_pixels} pixels",
+        "image_too_large": over_limit("image", f"{max_pixels} pixels", "WHALEID_MAX_IMAGE_PIXELS"),
         "unsupported_format": (
             f"unsupported format: not a raster image of an accepted format ({', '.join(ACCEPTED_FORMATS)})"
         ),

@@ -95,7 +95,8 @@ def test_every_error_status_of_every_operation_has_the_error_model(doc):
     assert set(thumb) == {"200", "404", "422", "500", "503"}  # a read: no 507, no 413
     assert doc["paths"]["/gallery"]["post"]["responses"]["503"]["headers"]["Retry-After"]["schema"]["type"] == "integer"
     examples = doc["paths"]["/identify"]["post"]["responses"]["413"]["content"]["application/json"]["examples"]
-    assert examples["upload_too_large"]["value"]["detail"] == "upload too large: over the limit of 1000 bytes"
+    detail = examples["upload_too_large"]["value"]["detail"]
+    assert detail == "upload too large: over the limit of 1000 bytes (raise it with WHALEID_MAX_UPLOAD_BYTES)"
 
 
 def test_the_upload_rules_are_in_the_schema(doc):
