@@ -158,7 +158,8 @@ def storage_error(exc: sqlite3.Error | OSError, path: str | Path) -> Exception:
         kind = None
     if kind is None:
         return exc
-    log.warning("gallery store %s: %s (%s)", path, exc, kind)
+    if kind != "busy":  # a busy store is retried (StoreBusyError is logged once the wait is over)
+        log.warning("gallery store %s: %s (%s)", path, exc, kind)
     if kind == "busy":
         return StoreBusyError("gallery store busy: another process is changing it; nothing was stored, retry later")
     if kind == "full":
