@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from helpers import jpeg_bytes, tiny_bundle
 
+from index.fluke_check import FlukeChecker
+
 pytest.importorskip("onnx")
 pytest.importorskip("fastapi")
 
@@ -140,3 +142,44 @@ def test_predict_resumes_only_with_the_same_settings(setup):
     assert (first["predicted_now"], again["predicted_now"], other["predicted_now"]) == (8, 0, 8)
     lines = [json.loads(x) for x in out_csv.with_suffix(".jsonl").read_text().splitlines()]
     assert [r["scoring"] for r in lines] == ["embedding"] * 8 + ["local"] * 8
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pseudo_labels_are_the_services_confident_top1(setup, mode, monkeypatch):
+    import functools
+
+    from fastapi.testclient import TestClient
+
+    import index.identify
+    from service.config import Settings
+    from service.main import create_app
+    from whaleid.predict import pseudo_label
+
+    bundle, queries, root = setup
+    # the synthetic textures do not look like fluke photos: judge them by the gallery reference only
+    monkeypatch.setattr(index.identify, "FlukeChecker", functools.partial(FlukeChecker, photo_model=None))
+    min_conf = {"embedding": 0.6, "local": 0.5, "fused": 0.3}[mode]
+    res = pseudo_label(bundle, queries, root / f"pseudo-{mode}.csv", min_conf, progress=False, scoring=mode)
+    with open(root / f"pseudo-{mode}.csv", newline="") as fh:
+        got = [(r["image"], r["whale_id"], float(r["confidence"])) for r in csv.DictReader(fh)]
+    expected = []
+    with TestClient(create_app(Settings(bundle=bundle))) as c:
+        for photo in sorted(queries.iterdir()):
+            r = c.post(
+                "/identify",
+                params={"scoring": mode, "threshold": min_conf, "k": 1},
+                files={"file": (photo.name, photo.read_bytes())},
+            )
+            if r.status_code != 200:
+                continue
+            top = r.json()["predictions"][0]
+            if (
+                top["whale_id"] != "new_whale"
+                and not top["evidence"].get("exact_photo")
+                and r.json()["looks_like_fluke"]
+            ):
+                expected.append((photo.name, top["whale_id"], top["score"]))
+    assert got == expected and res["labelled"] == len(expected) and res["scoring"] == mode
+    assert all(name != "q_exact.jpg" for name, _, _ in got)  # a gallery photo is no new label
+    if mode != "embedding":
+        assert {name for name, _, _ in got} >= {f"q_known_{w}.jpg" for w in range(4)}

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from core.errors import InputImageError
 from core.fileio import atomic_write_text
 from core.manifest import load_manifest
-from index.build import FOLDER_LIMITS, embed_folder
+from index.build import FOLDER_LIMITS
 from index.gallery import Gallery
 from index.identify import Identifier
 from index.ranking import NEW_WHALE
@@ -227,28 +227,59 @@ def _frequent_fill(gallery: Gallery) -> list[str]:
     return [NEW_WHALE] + [r.whale_id for r in sorted(rows, key=lambda r: (-r.n_images, r.whale_id))[:5]]
 
 
-def pseudo_label(bundle, images, out_csv, min_confidence: float = 0.96, progress: bool = True) -> dict:
+def pseudo_label(
+    bundle, images, out_csv, min_confidence: float = 0.96, progress: bool = True, scoring: str | None = None
+) -> dict:
     """``whaleid pseudo-label``: confident top-1 identities (never new_whale) as extra training labels.
 
-    Writes ``image,whale_id,confidence`` rows for photos whose best identity scores at least
-    ``min_confidence`` (cosine similarity); ``whaleid train --extra-labels`` takes the file, marks its
-    photos as pseudo-labels, trains on them and never scores them.
+    Every photo goes through the pipeline of ``POST /identify`` (:class:`index.identify.Identifier`,
+    the bundle's scoring mode unless ``scoring`` says otherwise) with ``min_confidence`` as the
+    new_whale threshold, so a photo is labelled exactly when the service would rank a whale first
+    with at least that score. Photos the gallery already holds (same bytes) and photos that do not
+    look like flukes are left out. Writes ``image,whale_id,confidence`` rows; ``whaleid train
+    --extra-labels`` takes the file, marks its photos as pseudo-labels, trains on them and never
+    scores them.
+
+    Raises:
+        InvalidRequestError: a scoring mode the bundle lacks.
     """
     from whaleid.workflows import bundle_embedder, gallery_folder
 
     manifest = load_manifest(bundle)
     gallery = Gallery.for_manifest(gallery_folder(bundle, manifest), manifest)
-    embedder = bundle_embedder(bundle, manifest)
-    names = list_photos(images)
+    identifier = None
     rows = []
-    for e in embed_folder(embedder, images, [(n, None) for n in names], desc="pseudo-label", progress=progress):
-        [hits] = gallery.search(e.embedding.embedding, 1)
-        if hits and hits[0].score >= min_confidence:
-            rows.append((e.image, hits[0].whale_id, round(hits[0].score, 5)))
-    gallery.close()
+    names = list_photos(images)
+    try:
+        identifier = Identifier.for_bundle(manifest, gallery, bundle_embedder(bundle, manifest), FOLDER_LIMITS, scoring)
+        mode, _ = identifier.resolve(scoring, min_confidence)
+        for name in tqdm(names, desc="pseudo-label", unit="photo", disable=not progress):
+            try:
+                res = identifier.identify((Path(images) / name).read_bytes(), 1, mode, min_confidence)
+            except (OSError, InputImageError) as exc:
+                log.warning("skipping %s: %s", name, getattr(exc, "detail", exc))
+                continue
+            top = res["predictions"][0]
+            if (
+                top["whale_id"] != NEW_WHALE
+                and res["looks_like_fluke"]
+                and not top.get("evidence", {}).get("exact_photo")
+            ):
+                rows.append((name, top["whale_id"], top["score"]))
+    finally:
+        if identifier is not None and identifier.matcher is not None:
+            identifier.matcher.close()
+        gallery.close()
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     with open(out_csv, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["image", "whale_id", "confidence"])
         w.writerows(rows)
-    return {"photos": len(names), "labelled": len(rows), "min_confidence": min_confidence, "out": str(out_csv)}
+    return {
+        "photos": len(names),
+        "labelled": len(rows),
+        "min_confidence": min_confidence,
+        "scoring": mode,
+        "model_version": manifest.model_version,
+        "out": str(out_csv),
+    }
