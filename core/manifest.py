@@ -135,9 +135,18 @@ class LocalFeatureSpec(_Strict):
         ratio: Lowe's ratio-test threshold.
         geometry: ``"homography"`` or ``"affine"`` model fitted by RANSAC.
         ransac_reproj_px: RANSAC inlier threshold, in pixels of the resized crop.
-        calibration: logistic coefficients ``(a, b)``: ``p = 1 / (1 + exp(-(a * log1p(inliers) + b)))``.
-        fusion: logistic coefficients ``(w_embedding, w_local, bias)`` on ``(cosine, log1p(inliers))``.
+        calibration: logistic coefficients ``(a, b)``: ``p = 1 / (1 + exp(-(a * log1p(inliers) + b)))``,
+            or ``(a, b, c)`` with ``+ c * lnbnn`` (the LNBNN score, :mod:`index.lnbnn`) in the exponent.
+        fusion: logistic coefficients ``(w_embedding, w_local, bias)`` on ``(cosine, log1p(inliers))``,
+            or ``(w_embedding, w_local, bias, w_lnbnn)`` with the LNBNN score as a third feature.
         shortlist_k: identities taken from the embedding ranking for ``fused`` re-ranking.
+        matcher: ``"lnbnn"``: HotSpotter's LNBNN votes from one descriptor index over every gallery
+            photo, then RANSAC on the ``verify_k`` best-voted photos (:mod:`index.lnbnn`);
+            ``"brute_force"``: RANSAC against every candidate photo (the reference; linear in the gallery).
+        descriptor_factory: FAISS factory string of the descriptor index, or ``"auto"``.
+        lnbnn_k: LNBNN's voting neighbours ``K`` (the ``K + 1``-th is the normaliser).
+        nprobe: inverted lists visited per query descriptor (IVF descriptor indexes).
+        verify_k: best-voted gallery photos verified by RANSAC per query.
     """
 
     detector: Literal["sift"] = "sift"
@@ -146,9 +155,14 @@ class LocalFeatureSpec(_Strict):
     ratio: float = Field(0.8, gt=0, lt=1)
     geometry: Literal["homography", "affine"] = "homography"
     ransac_reproj_px: float = Field(8.0, gt=0)
-    calibration: tuple[float, float] = (1.0, -3.0)
-    fusion: tuple[float, float, float] = (4.0, 1.0, -5.0)
+    calibration: tuple[float, float] | tuple[float, float, float] = (1.0, -3.0)
+    fusion: tuple[float, float, float] | tuple[float, float, float, float] = (4.0, 1.0, -5.0)
     shortlist_k: int = Field(50, gt=0)
+    matcher: Literal["lnbnn", "brute_force"] = "lnbnn"
+    descriptor_factory: str = "auto"
+    lnbnn_k: int = Field(4, gt=0, le=64)
+    nprobe: int = Field(16, gt=0)
+    verify_k: int = Field(50, gt=0)
 
 
 class Manifest(_Strict):

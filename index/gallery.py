@@ -418,5 +418,29 @@ class Gallery:
         embs = self.store.embeddings_of(self.store.identity_id(whale_id))
         return l2_normalize(embs.astype(np.float64).sum(axis=0, keepdims=True))[0]
 
+    def similarities(self, query, identity_ids) -> dict[int, float]:
+        """Cosine of one query embedding with each given identity, as :meth:`search` scores it (the
+        centroid's cosine, or the best photo's with ``image_max``); unknown ids are left out.
+
+        Args:
+            query: ``(d,) float32`` L2-normalised embedding.
+            identity_ids: store identity ids.
+        """
+        q = as_float32_matrix(query, self.dim, "query")[0]
+        out: dict[int, float] = {}
+        with self._rw.read():
+            for ident in identity_ids:
+                ident = int(ident)
+                if self.scoring == "centroid":
+                    if ident in self._vectors:
+                        out[ident] = float(self._vectors.vector(ident) @ q)
+                else:
+                    sims = [
+                        float(self._vectors.vector(i) @ q) for i in self._images_of.get(ident, ()) if i in self._vectors
+                    ]
+                    if sims:
+                        out[ident] = max(sims)
+        return out
+
     def close(self) -> None:
         self.store.close()

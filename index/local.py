@@ -14,8 +14,12 @@ idea behind Wildbook's HotSpotter (Crall et al. 2013) and the local half of wild
 WildFusion (Cermak et al. 2024), which fuses a global (embedding) score with a local one through
 calibrated logistic regressions, as :func:`fused_score` and :func:`calibrate_from_pairs` do here:
 
-* local score: ``p = sigmoid(a * log1p(inliers) + b)`` (``spec.calibration = (a, b)``);
-* fused score: ``p = sigmoid(w_e * cosine + w_l * log1p(inliers) + bias)`` (``spec.fusion``).
+* local score: ``p = sigmoid(a * log1p(inliers) + b [+ c * lnbnn])`` (``spec.calibration``);
+* fused score: ``p = sigmoid(w_e * cosine + w_l * log1p(inliers) + bias [+ w_v * lnbnn])`` (``spec.fusion``),
+
+where ``lnbnn`` is the LNBNN score of the identity's best-voted photo when the matcher is
+HotSpotter's descriptor index (:mod:`index.lnbnn`; the default): it then chooses the photos that
+RANSAC verifies, instead of every photo of every candidate identity.
 
 :class:`LocalMatcher` compares a query with every stored photo of candidate identities of a
 :class:`index.gallery.Gallery` (per-identity maximum of inliers), with an LRU cache of decoded
@@ -423,27 +427,41 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return out
 
 
-def local_scores(inliers, calibration: Sequence[float]) -> np.ndarray:
-    """Vectorised :func:`local_score`: ``(n,)`` inlier counts -> ``(n,) float64`` in ``(0, 1)``."""
-    a, b = (float(v) for v in calibration)
-    return _sigmoid(a * np.log1p(np.asarray(inliers, dtype=np.float64)) + b)
+def _lnbnn_column(lnbnn, n: int) -> np.ndarray:
+    return np.zeros(n) if lnbnn is None else np.asarray(lnbnn, dtype=np.float64).reshape(-1)
 
 
-def local_score(inliers: float, calibration: Sequence[float]) -> float:
-    """Calibrated local score ``1 / (1 + exp(-(a * log1p(inliers) + b)))``; ``calibration = (a, b)``."""
-    return float(local_scores(np.array([inliers]), calibration)[0])
+def local_scores(inliers, calibration: Sequence[float], lnbnn=None) -> np.ndarray:
+    """Vectorised :func:`local_score`: ``(n,)`` inlier counts (and ``(n,)`` LNBNN scores) ->
+    ``(n,) float64`` in ``(0, 1)``."""
+    a, b, *rest = (float(v) for v in calibration)
+    x = np.log1p(np.asarray(inliers, dtype=np.float64).reshape(-1))
+    c = rest[0] if rest else 0.0
+    return _sigmoid(a * x + b + c * _lnbnn_column(lnbnn, len(x)))
 
 
-def fused_scores(cosine, inliers, fusion: Sequence[float]) -> np.ndarray:
-    """Vectorised :func:`fused_score`: ``(n,)`` cosines and ``(n,)`` inliers -> ``(n,) float64``."""
-    w_e, w_l, bias = (float(v) for v in fusion)
-    cos = np.asarray(cosine, dtype=np.float64)
-    return _sigmoid(w_e * cos + w_l * np.log1p(np.asarray(inliers, dtype=np.float64)) + bias)
+def local_score(inliers: float, calibration: Sequence[float], lnbnn: float = 0.0) -> float:
+    """Calibrated local score ``sigmoid(a * log1p(inliers) + b [+ c * lnbnn])``.
+
+    ``calibration = (a, b)``, or ``(a, b, c)`` when the LNBNN score of the identity's best-voted
+    photo (:mod:`index.lnbnn`) is a second feature.
+    """
+    return float(local_scores(np.array([inliers]), calibration, np.array([lnbnn]))[0])
 
 
-def fused_score(cosine: float, inliers: float, fusion: Sequence[float]) -> float:
-    """WildFusion-style score ``sigmoid(w_e * cosine + w_l * log1p(inliers) + bias)``; ``fusion = (w_e, w_l, bias)``."""
-    return float(fused_scores(np.array([cosine]), np.array([inliers]), fusion)[0])
+def fused_scores(cosine, inliers, fusion: Sequence[float], lnbnn=None) -> np.ndarray:
+    """Vectorised :func:`fused_score`: ``(n,)`` cosines, inliers (and LNBNN scores) -> ``(n,) float64``."""
+    w_e, w_l, bias, *rest = (float(v) for v in fusion)
+    cos = np.asarray(cosine, dtype=np.float64).reshape(-1)
+    w_v = rest[0] if rest else 0.0
+    x = np.log1p(np.asarray(inliers, dtype=np.float64).reshape(-1))
+    return _sigmoid(w_e * cos + w_l * x + bias + w_v * _lnbnn_column(lnbnn, len(cos)))
+
+
+def fused_score(cosine: float, inliers: float, fusion: Sequence[float], lnbnn: float = 0.0) -> float:
+    """WildFusion-style score ``sigmoid(w_e * cosine + w_l * log1p(inliers) + bias [+ w_v * lnbnn])``;
+    ``fusion = (w_e, w_l, bias)`` or ``(w_e, w_l, bias, w_v)`` with the LNBNN score as a third cue."""
+    return float(fused_scores(np.array([cosine]), np.array([inliers]), fusion, np.array([lnbnn]))[0])
 
 
 def fit_logistic(
@@ -521,13 +539,14 @@ class LocalCalibration:
     """Coefficients fitted by :func:`calibrate_from_pairs`, ready for ``LocalFeatureSpec``.
 
     Attributes:
-        calibration: ``(a, b)`` of the local score.
-        fusion: ``(w_embedding, w_local, bias)`` of the fused score, or None without cosines.
+        calibration: ``(a, b)`` of the local score, or ``(a, b, c)`` with LNBNN scores.
+        fusion: ``(w_embedding, w_local, bias)`` of the fused score (``(..., w_lnbnn)`` with LNBNN
+            scores), or None without cosines.
         pairs: pairs used; genuine: how many were same-whale pairs.
     """
 
-    calibration: tuple[float, float]
-    fusion: tuple[float, float, float] | None
+    calibration: tuple[float, ...]
+    fusion: tuple[float, ...] | None
     pairs: int
     genuine: int
 
@@ -538,11 +557,12 @@ def calibrate_from_pairs(
     cosines: Sequence[float] | None = None,
     l2: float = 1e-3,
     balanced: bool = False,
+    lnbnn: Sequence[float] | None = None,
 ) -> LocalCalibration:
     """Fit the local and fused logistic calibrations on genuine vs impostor pairs (WildFusion's recipe).
 
-    Typically each validation query is matched against its embedding shortlist: a pair is genuine
-    when the candidate is the query's whale.
+    Typically each validation query is matched against its candidates: a pair is genuine when the
+    candidate is the query's whale.
 
     Args:
         inliers: ``(n,)`` RANSAC inliers of each pair (per-identity maximum).
@@ -551,9 +571,12 @@ def calibrate_from_pairs(
         l2: penalty of :func:`fit_logistic`.
         balanced: weight the classes equally (otherwise the scores estimate the probability at the
             validation set's own genuine/impostor ratio).
+        lnbnn: optional ``(n,)`` LNBNN score of each pair (:mod:`index.lnbnn`), a further feature of
+            both models.
 
     Returns:
-        ``calibration`` from ``log1p(inliers)`` and ``fusion`` from ``(cosine, log1p(inliers))``.
+        ``calibration`` from ``log1p(inliers)`` (and LNBNN), ``fusion`` from ``(cosine,
+        log1p(inliers))`` (and LNBNN); the LNBNN coefficient comes last in each.
 
     Raises:
         ValueError: lengths differ, or one class is missing.
@@ -562,18 +585,24 @@ def calibrate_from_pairs(
     y = np.asarray(same_whale, dtype=bool).reshape(-1).astype(np.float64)
     if len(x_local) != len(y):
         raise ValueError(f"{len(x_local)} inlier counts but {len(y)} labels")
+    extra = []
+    if lnbnn is not None:
+        v = np.asarray(lnbnn, dtype=np.float64).reshape(-1)
+        if len(v) != len(y):
+            raise ValueError(f"{len(v)} LNBNN scores but {len(y)} labels")
+        extra = [v]
     weight = None
     if balanced and 0 < y.sum() < len(y):
         weight = np.where(y > 0, 0.5 / y.mean(), 0.5 / (1.0 - y.mean()))
-    a, b = fit_logistic(x_local[:, None], y, l2=l2, sample_weight=weight)
+    a, *c, b = fit_logistic(np.stack([x_local, *extra], axis=1), y, l2=l2, sample_weight=weight)
     fusion = None
     if cosines is not None:
         cos = np.asarray(cosines, dtype=np.float64).reshape(-1)
         if len(cos) != len(y):
             raise ValueError(f"{len(cos)} cosines but {len(y)} labels")
-        w_e, w_l, bias = fit_logistic(np.stack([cos, x_local], axis=1), y, l2=l2, sample_weight=weight)
-        fusion = (float(w_e), float(w_l), float(bias))
-    return LocalCalibration((float(a), float(b)), fusion, int(len(y)), int(y.sum()))
+        w_e, w_l, *w_v, bias = fit_logistic(np.stack([cos, x_local, *extra], axis=1), y, l2=l2, sample_weight=weight)
+        fusion = (float(w_e), float(w_l), float(bias), *(float(w) for w in w_v))
+    return LocalCalibration((float(a), float(b), *(float(x) for x in c)), fusion, int(len(y)), int(y.sum()))
 
 
 # --- matching against the gallery ----------------------------------------------------------------
@@ -634,6 +663,17 @@ class LocalMatcher:
         self.hits = 0
         self.misses = 0
         self.corrupt_image_ids: set[int] = set()
+        self.descriptors = None
+        if spec.matcher == "lnbnn":
+            from index.lnbnn import DescriptorIndex  # imports faiss
+
+            self.descriptors = DescriptorIndex(
+                gallery.store,
+                lambda image_id, blob: self._decoded(image_id, blob).descriptors,
+                spec.descriptor_factory,
+                spec.lnbnn_k,
+                spec.nprobe,
+            )
 
     def close(self) -> None:
         """Stop the worker threads (if any)."""
@@ -696,12 +736,7 @@ class LocalMatcher:
         """
         photos = self.gallery_features(identity_ids)
         jobs = [(ident, image_id, feats) for ident, rows in photos.items() for image_id, feats in rows]
-        if len(query) == 0:
-            results = [_no_match() for _ in jobs]
-        elif self._pool is not None and len(jobs) > 1:
-            results = list(self._pool.map(lambda job: match(query, job[2], self.spec), jobs))
-        else:
-            results = [match(query, feats, self.spec) for _, _, feats in jobs]
+        results = self._match_jobs(query, jobs)
         best: dict[int, IdentityMatch] = {
             ident: IdentityMatch(ident, 0, 0, None, _no_match(), len(rows)) for ident, rows in photos.items()
         }
@@ -711,20 +746,96 @@ class LocalMatcher:
                 best[ident] = IdentityMatch(ident, res.inliers, res.matches, image_id, res, cur.photos)
         return best
 
-    def rank_local(self, query: LocalFeatures, k: int = 5, explain: bool = False) -> list[RankedIdentity]:
-        """``local`` mode: match every answerable identity of the gallery (for small catalogues).
+    def _match_jobs(self, query: LocalFeatures, jobs: list) -> list[MatchResult]:
+        if len(query) == 0:
+            return [_no_match() for _ in jobs]
+        if self._pool is not None and len(jobs) > 1:
+            return list(self._pool.map(lambda job: match(query, job[2], self.spec), jobs))
+        return [match(query, feats, self.spec) for _, _, feats in jobs]
 
-        Costs one pair match (about 3 ms on one core) per gallery photo.
+    def score_photos(self, query: LocalFeatures, image_ids: Iterable[int]) -> dict[int, IdentityMatch]:
+        """Match a query against the given gallery photos only; keep each identity's best photo.
+
+        Returns:
+            ``identity_id -> IdentityMatch`` for the identities of the photos that have local features.
         """
-        names = {i: name for i, (name, flipped) in self.gallery.store.identity_names().items() if not flipped}
-        return rank_local(self.score_identities(query, names), names, self.spec.calibration, k, explain)
+        rows = self.gallery.store.local_features_of_images(sorted({int(i) for i in image_ids}))
+        jobs = []
+        for image_id, ident, blob in rows:
+            features = self._decoded(image_id, blob)
+            if features is not None:
+                jobs.append((ident, image_id, features))
+        best: dict[int, IdentityMatch] = {}
+        counts: dict[int, int] = {}
+        for (ident, image_id, _), res in zip(jobs, self._match_jobs(query, jobs), strict=True):
+            counts[ident] = counts.get(ident, 0) + 1
+            cur = best.get(ident)
+            if cur is None or res.inliers > cur.inliers:
+                best[ident] = IdentityMatch(ident, res.inliers, res.matches, image_id, res, 0)
+        return {
+            i: IdentityMatch(m.identity_id, m.inliers, m.matches, m.image_id, m.result, counts[i])
+            for i, m in best.items()
+        }
+
+    def lnbnn_candidates(self, query: LocalFeatures) -> tuple[dict[int, float], dict[int, IdentityMatch]]:
+        """HotSpotter's two steps: LNBNN votes over the descriptor index, then RANSAC on the
+        ``spec.verify_k`` best-voted photos (:mod:`index.lnbnn`).
+
+        Returns:
+            ``(identity_id -> LNBNN score of its best-voted photo, identity_id -> IdentityMatch of
+            its best verified photo)``.
+
+        Raises:
+            RuntimeError: the matcher was built with ``matcher="brute_force"``.
+        """
+        if self.descriptors is None:
+            raise RuntimeError("this matcher has no descriptor index (spec.matcher is 'brute_force')")
+        if len(query) == 0:
+            return {}, {}
+        votes = self.descriptors.votes(query.descriptors)
+        return votes.identity_scores(), self.score_photos(query, votes.image_ids[: self.spec.verify_k].tolist())
+
+    def _answerable(self) -> dict[int, str]:
+        return {i: name for i, (name, flipped) in self.gallery.store.identity_names().items() if not flipped}
+
+    def rank_local(self, query: LocalFeatures, k: int = 5, explain: bool = False) -> list[RankedIdentity]:
+        """``local`` mode: LNBNN candidates verified by RANSAC (``matcher="lnbnn"``), or every
+        answerable identity matched photo by photo (``"brute_force"``, about 1 to 3 ms a gallery photo)."""
+        names = self._answerable()
+        if self.descriptors is None:
+            return rank_local(self.score_identities(query, names), names, self.spec.calibration, k, explain)
+        lnbnn, matches = self.lnbnn_candidates(query)
+        return rank_local(matches, names, self.spec.calibration, k, explain, lnbnn)
 
     def rank_fused(
-        self, query: LocalFeatures, shortlist: Sequence[Hit], k: int = 5, explain: bool = False
+        self,
+        query: LocalFeatures,
+        shortlist: Sequence[Hit],
+        k: int = 5,
+        explain: bool = False,
+        embedding: np.ndarray | None = None,
     ) -> list[RankedIdentity]:
-        """``fused`` mode: re-rank an embedding shortlist (``gallery.search(embedding, spec.shortlist_k)``)."""
-        matches = self.score_identities(query, [h.identity_id for h in shortlist])
-        return rank_fused(shortlist, matches, self.spec.fusion, self.spec.calibration, k, explain)
+        """``fused`` mode: re-rank the embedding shortlist (``gallery.search(embedding, spec.shortlist_k)``).
+
+        With ``matcher="lnbnn"`` the identities of the verified LNBNN candidates join the shortlist
+        (their cosine computed from ``embedding``, the query's ``(d,) float32`` embedding), so a weak
+        embedding cannot hide the true whale; the shortlist's own photos are verified only where
+        LNBNN voted for them. With ``"brute_force"`` every photo of the shortlist is verified.
+        """
+        if self.descriptors is None:
+            matches = self.score_identities(query, [h.identity_id for h in shortlist])
+            return rank_fused(shortlist, matches, self.spec.fusion, self.spec.calibration, k, explain)
+        lnbnn, matches = self.lnbnn_candidates(query)
+        hits = list(shortlist)
+        have = {h.identity_id for h in hits}
+        extra = [i for i in matches if i not in have]
+        if extra and embedding is not None:
+            from index.gallery import Hit
+
+            names = self._answerable()
+            cosines = self.gallery.similarities(embedding, extra)
+            hits += [Hit(names[i], cosines[i], i) for i in extra if i in names and i in cosines]
+        return rank_fused(hits, matches, self.spec.fusion, self.spec.calibration, k, explain, lnbnn)
 
 
 # --- ranking (pure functions) --------------------------------------------------------------------
@@ -745,6 +856,8 @@ class RankedIdentity:
         image_id: the gallery photo with the most inliers.
         pairs: ``(inliers, 2, 2) float32`` inlier pairs (query point, gallery point) in photo
             pixels, only when asked for (``explain``).
+        lnbnn: LNBNN score of the identity's best-voted photo (``matcher="lnbnn"``; 0 when no
+            vote), which breaks ties of equal scores and inliers.
     """
 
     whale_id: str
@@ -757,10 +870,18 @@ class RankedIdentity:
     fused_score: float | None = None
     image_id: int | None = None
     pairs: np.ndarray | None = None
+    lnbnn: float | None = None
 
 
 def _top_k(entries: list[RankedIdentity], k: int) -> list[RankedIdentity]:
-    entries.sort(key=lambda e: (-round(e.score, TIE_DECIMALS), -(e.inliers or 0), e.whale_id))
+    entries.sort(
+        key=lambda e: (
+            -round(e.score, TIE_DECIMALS),
+            -(e.inliers or 0),
+            -round(e.lnbnn or 0.0, TIE_DECIMALS),
+            e.whale_id,
+        )
+    )
     seen: set[str] = set()
     out = []
     for e in entries:  # keep the first (best) entry of each identity
@@ -785,6 +906,7 @@ def rank_local(
     calibration: Sequence[float],
     k: int = 5,
     explain: bool = False,
+    lnbnn: Mapping[int, float] | None = None,
 ) -> list[RankedIdentity]:
     """``local`` mode: identities ranked by calibrated local score (per-identity maximum inliers).
 
@@ -794,17 +916,29 @@ def rank_local(
         calibration: ``(a, b)`` of :func:`local_score`.
         k: identities returned.
         explain: attach the inlier pairs.
+        lnbnn: ``identity_id -> LNBNN score`` (LNBNN matcher): breaks ties of equal inliers, and
+            voted identities that were not verified are ranked with 0 inliers after the verified ones.
 
     Returns:
-        Up to ``k`` distinct identities, best first; ties (equal to ``TIE_DECIMALS``) by whale id.
+        Up to ``k`` distinct identities, best first; ties (equal to ``TIE_DECIMALS``) by more
+        inliers, then the higher LNBNN score, then whale id.
     """
     entries = []
     for ident, m in matches.items():
         if ident not in names:
             continue
-        ls = local_score(m.inliers, calibration)
+        lb = None if lnbnn is None else float(lnbnn.get(ident, 0.0))
+        ls = local_score(m.inliers, calibration, lb or 0.0)
         pairs = m.result.pairs if explain else None
-        entries.append(RankedIdentity(names[ident], ident, ls, None, m.inliers, m.matches, ls, None, m.image_id, pairs))
+        entries.append(
+            RankedIdentity(names[ident], ident, ls, None, m.inliers, m.matches, ls, None, m.image_id, pairs, lb)
+        )
+    if lnbnn is not None and len(entries) < k:
+        for ident, lb in lnbnn.items():
+            if ident in names and ident not in matches:
+                ls0 = local_score(0, calibration, float(lb))
+                pairs = np.zeros((0, 2, 2), np.float32) if explain else None
+                entries.append(RankedIdentity(names[ident], ident, ls0, None, 0, 0, ls0, None, None, pairs, float(lb)))
     return _top_k(entries, k)
 
 
@@ -815,6 +949,7 @@ def rank_fused(
     calibration: Sequence[float] | None = None,
     k: int = 5,
     explain: bool = False,
+    lnbnn: Mapping[int, float] | None = None,
 ) -> list[RankedIdentity]:
     """``fused`` mode: an embedding shortlist re-ranked by ``fused_score(cosine, inliers)``.
 
@@ -826,15 +961,17 @@ def rank_fused(
         calibration: ``(a, b)`` to report each identity's local score too (None: not reported).
         k: identities returned.
         explain: attach the inlier pairs.
+        lnbnn: ``identity_id -> LNBNN score`` (LNBNN matcher), reported and used to break ties.
 
     Returns:
-        Up to ``k`` distinct identities, best first; ties by more inliers, then whale id.
+        Up to ``k`` distinct identities, best first; ties by more inliers, then LNBNN score, then whale id.
     """
     entries = []
     for h in shortlist:
         m = matches.get(h.identity_id)
         inliers = m.inliers if m is not None else 0
-        fs = fused_score(float(h.score), inliers, fusion)
+        lb = None if lnbnn is None else float(lnbnn.get(h.identity_id, 0.0))
+        fs = fused_score(float(h.score), inliers, fusion, lb or 0.0)
         entries.append(
             RankedIdentity(
                 h.whale_id,
@@ -843,10 +980,11 @@ def rank_fused(
                 float(h.score),
                 inliers,
                 m.matches if m is not None else 0,
-                local_score(inliers, calibration) if calibration is not None else None,
+                local_score(inliers, calibration, lb or 0.0) if calibration is not None else None,
                 fs,
                 m.image_id if m is not None else None,
                 (m.result.pairs if m is not None else np.zeros((0, 2, 2), np.float32)) if explain else None,
+                lb,
             )
         )
     return _top_k(entries, k)

@@ -751,6 +751,27 @@ class GalleryStore:
             ).fetchall()
         return [(int(r[0]), int(r[1]), r[2]) for r in rows]
 
+    def local_feature_owners(self) -> dict[int, int]:
+        """``image_id -> identity_id`` of every photo that has local features (mirror identities never
+        have any). One indexed scan; no blob is read."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, identity_id FROM images WHERE local_features IS NOT NULL").fetchall()
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    def local_features_of_images(self, image_ids: Sequence[int]) -> list[tuple[int, int, bytes | None]]:
+        """``(image_id, identity_id, local_features blob)`` of the given photos (unknown ids are skipped)."""
+        out: list[tuple[int, int, bytes | None]] = []
+        ids = [int(i) for i in image_ids]
+        for start in range(0, len(ids), 500):  # SQLite's host-parameter limit
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT id, identity_id, local_features FROM images WHERE id IN ({marks}) ORDER BY id", chunk
+                ).fetchall()
+            out.extend((int(r[0]), int(r[1]), r[2]) for r in rows)
+        return out
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -272,12 +272,27 @@ def compare_modes(
         list[int] | None,
         typer.Option(help="Also score fused with this shortlist size (repeatable; 0 = every whale)."),
     ] = None,
+    matcher: Annotated[
+        str | None, typer.Option(help="Local matcher: lnbnn or brute_force (default: the bundle's).")
+    ] = None,
+    verify_k: Annotated[int | None, typer.Option(help="lnbnn: best-voted photos verified by RANSAC.")] = None,
 ) -> None:
     """Top-1 and MAP@5 of the embedding, local and fused scoring modes on the same labelled queries."""
     _setup_logging()
     from whaleid import workflows
 
-    _echo_json(workflows.compare_modes(bundle, images, labels, boxes, max_queries, fused_ks=tuple(shortlist_k or ())))
+    _echo_json(
+        workflows.compare_modes(
+            bundle,
+            images,
+            labels,
+            boxes,
+            max_queries,
+            fused_ks=tuple(shortlist_k or ()),
+            matcher=matcher,
+            verify_k=verify_k,
+        )
+    )
 
 
 @app.command()
@@ -294,6 +309,8 @@ def calibrate(
     shortlist_k: Annotated[
         int | None, typer.Option(help="fused only: identities from the embedding ranking to re-rank (saved).")
     ] = None,
+    matcher: Annotated[str | None, typer.Option(help="local/fused: lnbnn or brute_force (saved).")] = None,
+    verify_k: Annotated[int | None, typer.Option(help="lnbnn: best-voted photos verified by RANSAC (saved).")] = None,
 ) -> None:
     """Choose the new_whale threshold on labelled photos and write it to the manifest.
 
@@ -304,7 +321,19 @@ def calibrate(
     from whaleid import workflows
 
     _echo_json(
-        workflows.calibrate(bundle, images, labels, boxes, rule, share, mode, gallery_dir, shortlist_k=shortlist_k)
+        workflows.calibrate(
+            bundle,
+            images,
+            labels,
+            boxes,
+            rule,
+            share,
+            mode,
+            gallery_dir,
+            shortlist_k=shortlist_k,
+            matcher=matcher,
+            verify_k=verify_k,
+        )
     )
 
 

@@ -162,11 +162,14 @@ def calibrate(
     gallery_dir=None,
     progress=True,
     shortlist_k: int | None = None,
+    matcher: str | None = None,
+    verify_k: int | None = None,
 ) -> dict:
     """``whaleid calibrate``: choose the new_whale threshold of ``mode`` on labelled photos; save it.
 
     ``shortlist_k`` (``fused`` only) sets the number of embedding-ranked identities that ``fused``
-    re-ranks, saved in the manifest with the calibration fitted for it.
+    re-ranks, ``matcher`` and ``verify_k`` (``local``/``fused``) the local matcher; each is saved in
+    the manifest with the calibration fitted for it.
     """
     if rule not in ("max_map5", "new_whale_share"):
         raise ConfigError(f"rule must be max_map5 or new_whale_share, got {rule!r}")
@@ -178,6 +181,10 @@ def calibrate(
             raise ConfigError("--shortlist-k is a positive number of identities, for --mode fused only")
         spec = manifest.local_features.model_copy(update={"shortlist_k": shortlist_k})
         manifest = manifest.model_copy(update={"local_features": spec})
+    if matcher is not None or verify_k is not None:
+        if mode == "embedding":
+            raise ConfigError("--matcher and --verify-k are for --mode local or fused")
+        manifest = _with_matcher(manifest, matcher, verify_k)
     gallery = Gallery.for_manifest(gallery_folder(bundle, manifest, gallery_dir), manifest)
     if len(gallery) == 0:
         raise ConfigError("the bundle's gallery is empty: run `whaleid build-gallery` first")
@@ -331,12 +338,15 @@ def local_study(
 ) -> dict:
     """Rank the same queries in the ``embedding``, ``local`` and ``fused`` modes and calibrate the latter two.
 
-    Each query is matched (SIFT + ratio test + RANSAC, :mod:`index.local`) against every stored photo
-    of every identity when ``local`` is asked for, else against its embedding shortlist
-    (``shortlist_k`` identities). The local and fused logistic calibrations are fitted on
-    genuine/impostor pairs with **2-fold cross-fitting** (each half of the queries is scored with
-    coefficients fitted on the other half); each mode's new_whale threshold is then chosen by the
-    ``max_map5`` rule on all queries, as for the embedding mode.
+    With the LNBNN matcher (``spec.matcher == "lnbnn"``, the default) each query's candidates are
+    the identities of its ``verify_k`` best-voted gallery photos, verified by RANSAC
+    (:meth:`index.local.LocalMatcher.lnbnn_candidates`), joined in ``fused`` by the embedding's
+    ``shortlist_k`` identities, as the service ranks them. With the brute-force matcher each query
+    is matched against every stored photo of every identity when ``local`` is asked for, else
+    against its embedding shortlist. The local and fused logistic calibrations (with the LNBNN score
+    as a feature under LNBNN) are fitted on genuine/impostor pairs with **2-fold cross-fitting**
+    (each half of the queries is scored with coefficients fitted on the other half); each mode's
+    new_whale threshold is then chosen by the ``max_map5`` rule on all queries.
 
     Args:
         names, truths: query photos and their truths (whale id, or new_whale).
@@ -348,7 +358,7 @@ def local_study(
 
     Returns:
         ``reports`` (mode -> EvalReport), ``calibration`` and ``fusion`` fitted on all queries,
-        ``seconds_per_query`` (mode -> added local time), ``pairs``.
+        ``seconds_per_query_local`` (added local time per query), ``pairs``.
     """
     import time
 
@@ -361,15 +371,19 @@ def local_study(
     from index.local import LocalFeatureExtractor, LocalMatcher, calibrate_from_pairs, fused_scores, local_scores
 
     spec = manifest.local_features
+    lnbnn_mode = spec.matcher == "lnbnn"
     extractor = LocalFeatureExtractor(spec)
     matcher = LocalMatcher(gallery, spec)
+    if lnbnn_mode:
+        matcher.descriptors.sync(progress=progress)  # build the descriptor index before timing queries
     answerable = {i: n for i, (n, flipped) in gallery.store.identity_names().items() if not flipped}
     ks = {k: (k if k > 0 else len(answerable)) for k in fused_ks}
     widest = max([spec.shortlist_k, *ks.values()])
     ranking = gallery.search(embs, widest)  # the embedding ranking, as far as any fused shortlist reaches
     shortlists = [r[: spec.shortlist_k] for r in ranking]
-    need_all = "local" in modes or widest >= len(answerable)
-    per_query = []  # (identity ids, cosines, inliers, image ids) over the matched identities
+    need_all = not lnbnn_mode and ("local" in modes or widest >= len(answerable))
+    # per query: identity -> (cosine, inliers, image id, lnbnn score, verified)
+    per_query: list[dict[int, tuple[float, int, int | None, float, bool]]] = []
     t_local = 0.0
     for i, name in enumerate(tqdm(names, desc="local features", unit="photo", disable=not progress)):
         pixels = load_image_file(Path(images) / name, FOLDER_LIMITS).pixels
@@ -378,71 +392,117 @@ def local_study(
             box = embedder.detector.detect([pixels])[0]
         t0 = time.perf_counter()
         feats = extractor.extract(pixels, box)
-        ids = list(answerable) if need_all else [h.identity_id for h in ranking[i]]
-        matches = matcher.score_identities(feats, ids)
+        if lnbnn_mode:
+            lnbnn, matches = matcher.lnbnn_candidates(feats)
+            ids = list(dict.fromkeys([*matches, *(h.identity_id for h in ranking[i])]))
+        else:
+            lnbnn = {}
+            ids = list(answerable) if need_all else [h.identity_id for h in ranking[i]]
+            matches = matcher.score_identities(feats, ids)
         t_local += time.perf_counter() - t0
         cos = {h.identity_id: h.score for h in ranking[i]}
-        rows = []
+        missing = [ident for ident in ids if ident not in cos]
+        if missing:
+            cos.update(gallery.similarities(embs[i], missing))
+        rows = {}
         for ident in ids:
+            if ident not in answerable:
+                continue
             m = matches.get(ident)
-            c = cos.get(ident, 0.0)  # identities off the shortlist are never fused-ranked
-            rows.append((ident, c, m.inliers if m else 0, m.image_id if m else None))
+            rows[ident] = (
+                cos.get(ident, 0.0),
+                m.inliers if m else 0,
+                m.image_id if m else None,
+                float(lnbnn.get(ident, 0.0)),
+                m is not None,
+            )
         per_query.append(rows)
 
-    def pairs(idx):
-        inl, same, cos = [], [], []
+    def candidates(i: int, mode: str, k_short: int) -> list[int]:
+        """The identities a mode ranks for query ``i`` (as the service would)."""
+        rows = per_query[i]
+        if mode == "local":
+            return [ident for ident, r in rows.items() if r[4] or not lnbnn_mode]
+        short = [h.identity_id for h in ranking[i][:k_short]]
+        verified = [ident for ident, r in rows.items() if r[4]] if lnbnn_mode else []
+        return [ident for ident in dict.fromkeys([*short, *verified]) if ident in rows]
+
+    def pairs(idx, mode: str):
+        inl, same, cos, lb = [], [], [], []
         for i in idx:
-            short = {h.identity_id for h in shortlists[i]}
-            for ident, c, n, _ in per_query[i]:
-                if ident in short:
-                    inl.append(n)
-                    cos.append(c)
-                    same.append(answerable[ident] == truths[i])
-        return inl, same, cos
+            for ident in candidates(i, mode, spec.shortlist_k):
+                c, n, _, v, _ = per_query[i][ident]
+                inl.append(n)
+                cos.append(c)
+                lb.append(v)
+                same.append(answerable[ident] == truths[i])
+        return inl, same, cos, (lb if lnbnn_mode else None)
+
+    def fit(idx, mode: str):
+        inl, same, cos, lb = pairs(idx, mode)
+        return calibrate_from_pairs(inl, same, cos, lnbnn=lb) if 0 < sum(same) < len(same) else None
 
     order = np.random.default_rng(0).permutation(len(names))
     folds = [order[: len(order) // 2], order[len(order) // 2 :]]
-    coef = {}
-    for f, other in ((0, 1), (1, 0)):
-        inl, same, cos = pairs(folds[other])
-        coef[f] = calibrate_from_pairs(inl, same, cos) if 0 < sum(same) < len(same) else None
-    inl, same, cos = pairs(range(len(names)))
-    full = calibrate_from_pairs(inl, same, cos) if 0 < sum(same) < len(same) else None
     fold_of = {int(q): f for f, idx in enumerate(folds) for q in idx}
+    coef = {m: {f: fit(folds[1 - f], m) for f in (0, 1)} for m in ("local", "fused")}
+    full = {m: fit(range(len(names)), m) for m in ("local", "fused")}
     reports = {}
     runs = [(m, spec.shortlist_k) for m in modes] + [(f"fused@{k or 'all'}", n) for k, n in ks.items()]
     for mode, k_short in runs:
+        kind = "fused" if mode.startswith("fused") else mode
         hits = []
         for i in range(len(names)):
-            if mode == "embedding":
+            if kind == "embedding":
                 hits.append(shortlists[i][:10])
                 continue
-            c = coef[fold_of[i]] or full
+            c = coef[kind][fold_of[i]] or full[kind]
             calibration = c.calibration if c else spec.calibration
-            fusion = c.fusion if c else spec.fusion
-            rows = per_query[i]
-            if mode.startswith("fused"):
-                short = {h.identity_id for h in ranking[i][:k_short]}
-                rows = [r for r in rows if r[0] in short]
-                scores = fused_scores([r[1] for r in rows], [r[2] for r in rows], fusion)
+            fusion = (c.fusion if c else None) or spec.fusion
+            ids = candidates(i, kind, k_short)
+            rows = [(ident, *per_query[i][ident]) for ident in ids]
+            if kind == "fused":
+                scores = fused_scores([r[1] for r in rows], [r[2] for r in rows], fusion, [r[4] for r in rows])
             else:
-                scores = local_scores([r[2] for r in rows], calibration)
+                scores = local_scores([r[2] for r in rows], calibration, [r[4] for r in rows])
             ranked = sorted(
-                zip(rows, scores, strict=True), key=lambda t: (-round(float(t[1]), 6), -t[0][2], answerable[t[0][0]])
+                zip(rows, scores, strict=True),
+                key=lambda t: (-round(float(t[1]), 6), -t[0][2], -round(t[0][4], 6), answerable[t[0][0]]),
             )[:10]
             hits.append([Hit(answerable[r[0]], float(sc), r[0]) for r, sc in ranked])
         reports[mode], _ = evaluate_rankings(hits, truths, len(gallery), new_whale_share, "max_map5")
+    fitted = full["fused" if "fused" in modes else "local"]
     return {
         "reports": reports,
-        "calibration": full.calibration if full else spec.calibration,
-        "fusion": full.fusion if full and full.fusion else spec.fusion,
+        "calibration": full["local"].calibration if full["local"] else spec.calibration,
+        "fusion": full["fused"].fusion if full["fused"] and full["fused"].fusion else spec.fusion,
         "seconds_per_query_local": t_local / max(len(names), 1),
-        "pairs": len(inl),
+        "pairs": fitted.pairs if fitted else 0,
+        "matcher": spec.matcher,
     }
 
 
+def _with_matcher(manifest: Manifest, matcher: str | None, verify_k: int | None) -> Manifest:
+    """The manifest with its local matcher (``lnbnn`` or ``brute_force``) and ``verify_k`` overridden."""
+    updates = {k: v for k, v in (("matcher", matcher), ("verify_k", verify_k)) if v is not None}
+    if not updates:
+        return manifest
+    if matcher not in (None, "lnbnn", "brute_force") or (verify_k is not None and verify_k < 1):
+        raise ConfigError("--matcher is lnbnn or brute_force, and --verify-k a positive number of photos")
+    return manifest.model_copy(update={"local_features": manifest.local_features.model_copy(update=updates)})
+
+
 def compare_modes(
-    bundle, images, labels, boxes=None, max_queries: int = 0, seed: int = 0, progress=True, fused_ks=()
+    bundle,
+    images,
+    labels,
+    boxes=None,
+    max_queries: int = 0,
+    seed: int = 0,
+    progress=True,
+    fused_ks=(),
+    matcher: str | None = None,
+    verify_k: int | None = None,
 ) -> dict:
     """Top-1 and MAP@5 of ``embedding``, ``local`` and ``fused`` on the same labelled queries (see
     :func:`local_study`); ``max_queries`` draws a seeded random subset (``local`` matches every
@@ -451,6 +511,7 @@ def compare_modes(
     manifest = load_manifest(bundle)
     if manifest.local_features is None:
         raise ConfigError("the bundle has no local features: run `whaleid build-gallery --local-features` first")
+    manifest = _with_matcher(manifest, matcher, verify_k)
     gallery = Gallery.for_manifest(gallery_folder(bundle, manifest), manifest)
     embedder = bundle_embedder(bundle, manifest)
     rows = read_labelled(labels, boxes)
@@ -486,6 +547,8 @@ def compare_modes(
         fusion=list(study["fusion"]),
         local_ms_per_query=round(1000 * study["seconds_per_query_local"], 1),
         shortlist_k=manifest.local_features.shortlist_k,
+        matcher=manifest.local_features.matcher,
+        verify_k=manifest.local_features.verify_k,
         skipped_enrolled=skipped,
     )
     return out

@@ -235,11 +235,14 @@ def gallery(tmp_path, extractor):
     g.close()
 
 
+BRUTE = SPEC.model_copy(update={"matcher": "brute_force"})
+
+
 def test_rank_fused_and_local_put_the_matching_photo_first(gallery, query):
     [shortlist] = gallery.search(E[0], k=SPEC.shortlist_k)
     assert [h.whale_id for h in shortlist] == ["A", "B", "C"]  # the embedding prefers A
     assert [e.whale_id for e in rank_embedding(shortlist)] == ["A", "B", "C"]
-    matcher = LocalMatcher(gallery, SPEC)
+    matcher = LocalMatcher(gallery, BRUTE)
     fused = matcher.rank_fused(query, shortlist, k=5, explain=True)
     assert [e.whale_id for e in fused][0] == "B"
     b = fused[0]

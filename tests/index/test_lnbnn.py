@@ -1,0 +1,182 @@
+"""HotSpotter's LNBNN descriptor index: votes by hand, RootSIFT by hand, the index kept in step with
+the store, and the brute-force matcher as the reference on a small hand-made gallery."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from test_local import QUERY, WARP, WARPED, texture, water
+
+from core.manifest import LocalFeatureSpec
+from index.gallery import Gallery
+from index.lnbnn import ID_SHIFT, DescriptorIndex, auto_factory, lnbnn_votes, rootsift
+from index.local import LocalFeatureExtractor, LocalMatcher, decode_features
+from index.store import NewImage
+
+SPEC = LocalFeatureSpec()
+BRUTE = SPEC.model_copy(update={"matcher": "brute_force"})
+
+
+def did(image_id: int, keypoint: int) -> int:
+    return (image_id << ID_SHIFT) + keypoint
+
+
+def test_rootsift_by_hand():
+    d = np.zeros((3, 128), np.uint8)
+    d[0, 0] = 4  # one non-zero bin -> 1.0
+    d[1, :4] = 9  # four equal bins: each sqrt(1/4) = 0.5
+    out = rootsift(d)  # row 2 stays zero
+    assert out.dtype == np.float32 and out.shape == (3, 128)
+    assert out[0, 0] == 1.0 and out[0, 1:].sum() == 0
+    np.testing.assert_allclose(out[1, :4], 0.5, atol=1e-7)
+    np.testing.assert_allclose(np.linalg.norm(out[:2], axis=1), 1.0, atol=1e-6)
+    assert not out[2].any()
+
+
+def test_lnbnn_votes_by_hand():
+    # k = 2: two voting neighbours, the third is the normaliser.
+    dist = np.array(
+        [
+            [0.1, 0.3, 0.5],  # photo 1 gets 0.5-0.1 = 0.4, photo 2 gets 0.5-0.3 = 0.2
+            [0.2, 0.25, 0.3],  # photo 2 twice: only its nearest votes, 0.3-0.2 = 0.1
+            [0.6, 0.7, 0.4],  # normaliser nearer than the neighbours (approximate search): no vote
+            [0.4, 1.0, 0.0],  # no normaliser (-1): sqrt(2) stands in; photo 3 gets sqrt(2)-0.4, the -1 none
+        ]
+    )
+    ids = np.array(
+        [
+            [did(1, 0), did(2, 3), did(1, 5)],
+            [did(2, 1), did(2, 2), did(3, 0)],
+            [did(4, 0), did(4, 1), did(5, 0)],
+            [did(3, 7), -1, -1],
+        ]
+    )
+    photos, scores = lnbnn_votes(dist, ids, 2)
+    assert photos.tolist() == [3, 1, 2]
+    np.testing.assert_allclose(scores, [math.sqrt(2) - 0.4, 0.4, 0.2 + 0.1], atol=1e-12)
+    with pytest.raises(ValueError):
+        lnbnn_votes(dist, ids, 3)
+    empty = lnbnn_votes(np.zeros((0, 3)), np.zeros((0, 3), np.int64), 2)
+    assert empty[0].shape == (0,) and empty[1].shape == (0,)
+
+
+def test_auto_factory_grows_with_the_gallery():
+    assert auto_factory(50_000) == "IDMap2,Flat"
+    assert auto_factory(800_000) == "IVF4096,PQ64x4fs"  # 4 * sqrt(8e5) = 3578 -> 4096
+    assert auto_factory(40_000_000) == "IVF32768,PQ64x4fs"  # 4 * sqrt(4e7) = 25298 -> 32768
+
+
+def _photo(sha: str, emb, pixels, extractor, box=None) -> NewImage:
+    v = np.asarray(emb, np.float32)
+    return NewImage(sha, v / np.linalg.norm(v), box_xyxy_px=box, local_features=extractor.encode_photo(pixels, box))
+
+
+@pytest.fixture
+def six_whales(tmp_path):
+    """Six whales of one photo each (random textures, blank water); W3's photo is the query warped
+    (rotated 15 degrees, scaled 0.8, cropped)."""
+    extractor = LocalFeatureExtractor(SPEC)
+    g = Gallery(tmp_path / "g", dim=4)
+    e = np.eye(4, dtype=np.float32)
+    pixels = {
+        "W0": texture(300, 480, seed=2),
+        "W1": texture(260, 500, seed=3),
+        "W2": water(300, 480, seed=4),
+        "W3": WARPED,
+        "W4": texture(320, 460, seed=11),
+        "W5": texture(300, 480, seed=12),
+    }
+    for i, (wid, px) in enumerate(pixels.items()):
+        g.add(wid, [_photo(wid, e[i % 4] + 0.1 * e[(i + 1) % 4], px, extractor)])
+    yield g, extractor, pixels
+    g.close()
+
+
+def _decode(image_id, blob):
+    return decode_features(blob).descriptors
+
+
+def test_votes_find_the_warped_copy_and_follow_the_store(six_whales, tmp_path):
+    g, extractor, pixels = six_whales
+    index = DescriptorIndex(g.store, _decode, "auto", k=4)
+    query = extractor.extract(QUERY)
+    votes = index.votes(query.descriptors)
+    counts = {w: len(extractor.extract(px)) for w, px in pixels.items()}
+    assert counts["W0"] == SPEC.n_keypoints and counts["W2"] < 20  # blank water has a few keypoints
+    assert len(index) == 6 and index.n_descriptors == sum(counts.values())
+    assert index.built_factory == "IDMap2,Flat"
+    w3 = g.store.identity_id("W3")
+    assert votes.identity_ids[0] == w3
+    assert votes.scores[0] > 5 * votes.scores[1]  # the true photo dominates the votes
+
+    # another process deletes W3 and adds W6 (the query itself): the index follows the store
+    other = Gallery(tmp_path / "g", dim=4)
+    other.remove_identity("W3")
+    other.add("W6", [_photo("W6", np.ones(4), QUERY, extractor)])
+    other.close()
+    votes = index.votes(query.descriptors)
+    w6 = g.store.identity_id("W6")
+    assert w3 not in votes.identity_ids.tolist() and votes.identity_ids[0] == w6
+    assert len(index) == 6 and index.n_descriptors == sum(counts.values()) - counts["W3"] + len(query)
+
+    # an empty query or an empty gallery gives no votes, not an error
+    assert len(index.votes(np.zeros((0, 128), np.uint8)).image_ids) == 0
+
+
+def test_ivf_pq_factory_trains_once_it_can_and_removes_by_id_range(six_whales):
+    g, extractor, _ = six_whales
+    # 2,000 descriptors: enough to train 8 lists (39 each), too few for 64 (exact search meanwhile)
+    big = DescriptorIndex(g.store, _decode, "IVF64,PQ16x4fs", k=2, nprobe=8)
+    big.votes(extractor.extract(QUERY).descriptors)
+    assert big.built_factory == "IDMap2,Flat"
+    index = DescriptorIndex(g.store, _decode, "IVF8,PQ64x4fs", k=4, nprobe=8)
+    votes = index.votes(extractor.extract(QUERY).descriptors)
+    total = index.n_descriptors
+    assert index.built_factory == "IVF8,PQ64x4fs" and 2000 <= total < 2020  # 5 x 400 + a few on water
+    assert votes.identity_ids[0] == g.store.identity_id("W3")
+    size = index.memory_bytes()
+    assert total * 40 <= size < total * 40 + 200_000  # 32-byte codes + 8-byte ids, plus quantisers
+    g.remove_identity("W3")
+    votes = index.votes(extractor.extract(QUERY).descriptors)
+    assert index.n_descriptors == total - SPEC.n_keypoints  # W3's 400 are gone
+    assert set(votes.identity_ids.tolist()) <= {g.store.identity_id(w) for w in ("W0", "W1", "W2", "W4", "W5")}
+    with pytest.raises(ValueError, match="invalid FAISS factory"):
+        DescriptorIndex(g.store, _decode, "IVF8,NotAnIndex")
+
+
+def test_lnbnn_and_brute_force_rank_the_same(six_whales):
+    """The brute-force matcher is the reference: with verification of only the 2 best-voted photos
+    (of 6), LNBNN names the same whale first, with the same inliers and evidence."""
+    g, extractor, _ = six_whales
+    lnbnn = LocalMatcher(g, SPEC.model_copy(update={"verify_k": 2}))
+    brute = LocalMatcher(g, BRUTE)
+    for pixels, truth in ((QUERY, "W3"), (texture(300, 480, seed=12), "W5")):
+        query = extractor.extract(pixels)
+        want = brute.rank_local(query, k=5, explain=True)
+        got = lnbnn.rank_local(query, k=5, explain=True)
+        assert want[0].whale_id == got[0].whale_id == truth
+        assert got[0].inliers == want[0].inliers and got[0].image_id == want[0].image_id
+        np.testing.assert_array_equal(got[0].pairs, want[0].pairs)
+        assert got[0].lnbnn > 0 and want[0].lnbnn is None
+        assert all(e.inliers <= 8 for e in got[1:])  # nobody else matches
+    # the evidence of the warped copy: gallery point = WARP(query point)
+    pairs = lnbnn.rank_local(extractor.extract(QUERY), k=1, explain=True)[0].pairs
+    predicted = pairs[:, 0] @ WARP[:, :2].T + WARP[:, 2]
+    assert np.median(np.linalg.norm(predicted - pairs[:, 1], axis=1)) < 1.5
+
+
+def test_fused_joins_lnbnn_candidates_to_a_shortlist_that_missed_the_whale(six_whales):
+    g, extractor, _ = six_whales
+    query = extractor.extract(QUERY)
+    w3 = g.store.identity_id("W3")
+    embedding = np.array([0.0, 1.0, 0.0, 0.0], np.float32)  # nearest to W1 and W5, orthogonal to W3
+    [shortlist] = g.search(embedding, k=2)
+    assert w3 not in [h.identity_id for h in shortlist]
+    brute = LocalMatcher(g, BRUTE).rank_fused(query, shortlist, k=5)
+    assert "W3" not in [e.whale_id for e in brute]  # the weak shortlist hides the whale
+    fused = LocalMatcher(g, SPEC).rank_fused(query, shortlist, k=5, embedding=embedding)
+    assert fused[0].whale_id == "W3" and fused[0].inliers >= 60
+    # its cosine is the centroid's, as the embedding search would have scored it
+    assert fused[0].cosine == pytest.approx(g.similarities(embedding, [w3])[w3], abs=1e-6)
