@@ -191,7 +191,7 @@ class Identifier:
         else:
             t1 = time.perf_counter()
             features = self.local.extract(prep.image.pixels, prep.base_box)
-            ranked, evidence = self._rerank(mode, features, hits, k, explain)
+            ranked, evidence = self._rerank(mode, features, hits, k, explain, query)
             prep.timings_ms["local"] = (time.perf_counter() - t1) * 1e3
         exact = self.gallery.store.photos_with_sha256(prep.sha256)
         if exact:
@@ -260,12 +260,14 @@ class Identifier:
                 out[h.whale_id] = (int(ids[j]), float(sims[j]))
         return out
 
-    def _rerank(self, mode: ScoringMode, features: LocalFeatures, hits: list[Hit], k: int, explain: bool):
-        """``local`` or ``fused`` ranking of a photo's local features."""
+    def _rerank(
+        self, mode: ScoringMode, features: LocalFeatures, hits: list[Hit], k: int, explain: bool, query: np.ndarray
+    ):
+        """``local`` or ``fused`` ranking of a photo's local features (``query``: its ``(d,)`` embedding)."""
         if mode == "local":
             entries = self.matcher.rank_local(features, k, explain=explain)
         else:
-            entries = self.matcher.rank_fused(features, hits, k, explain=explain)
+            entries = self.matcher.rank_fused(features, hits, k, explain=explain, embedding=query)
         ranked = [(e.whale_id, e.score) for e in entries]
         evidence = {}
         for e in entries:
@@ -274,6 +276,7 @@ class Identifier:
                 "inliers": e.inliers,
                 "local_score": None if e.local_score is None else round(e.local_score, SCORE_DECIMALS),
                 "fused_score": None if e.fused_score is None else round(e.fused_score, SCORE_DECIMALS),
+                "lnbnn_score": None if e.lnbnn is None else round(e.lnbnn, SCORE_DECIMALS),
                 "best_image_id": e.image_id,
             }
             if explain and e.pairs is not None:

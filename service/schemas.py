@@ -14,6 +14,11 @@ class Evidence(BaseModel):
     inliers: int | None = Field(None, description="RANSAC inliers of the local-feature match with the best photo.")
     local_score: float | None = Field(None, description="Calibrated local-match probability, 0..1.")
     fused_score: float | None = Field(None, description="Calibrated fusion of embedding and local scores, 0..1.")
+    lnbnn_score: float | None = Field(
+        None,
+        description="HotSpotter's LNBNN score of the candidate's best-voted photo (sum of distance margins of the "
+        "descriptors that voted for it; lnbnn matcher only).",
+    )
     best_image_id: int | None = Field(None, description="The candidate's gallery photo that matches best.")
     exact_photo: bool | None = Field(
         None, description="The uploaded photo is this gallery photo, byte for byte (score 1.0 whatever the model says)."
