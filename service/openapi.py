@@ -166,10 +166,32 @@ def complete_document(doc: dict[str, Any], app: FastAPI) -> dict[str, Any]:
     _add_links(doc, operation_ids)
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
+    _complete_thumbnail(doc)
     metrics = doc["paths"].get("/metrics", {}).get("get")
     if metrics is not None:
         metrics["responses"]["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
     return doc
+
+
+def _complete_thumbnail(doc: dict[str, Any]) -> None:
+    """The thumbnail's caching: ``ETag`` and ``Cache-Control`` on 200, ``If-None-Match`` answered 304."""
+    op = doc["paths"].get("/gallery/{whale_id}/images/{image_id}", {}).get("get")
+    if op is None:
+        return
+    op.setdefault("parameters", []).append(
+        {
+            "name": "If-None-Match",
+            "in": "header",
+            "required": False,
+            "description": "The ETag of a thumbnail already held: 304 when it is still this photo's.",
+            "schema": {"type": "string"},
+        }
+    )
+    op["responses"]["200"]["headers"] = {
+        "ETag": {"description": "The photo's checksum (image ids are never reused).", "schema": {"type": "string"}},
+        "Cache-Control": {"description": "public, max-age=31536000, immutable", "schema": {"type": "string"}},
+    }
+    op["responses"]["304"] = {"description": "Not Modified: If-None-Match names this thumbnail's ETag."}
 
 
 def _complete_body(doc: dict[str, Any], op: dict[str, Any], settings: Any) -> None:

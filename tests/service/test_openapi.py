@@ -92,7 +92,8 @@ def test_every_error_status_of_every_operation_has_the_error_model(doc):
     enrol = doc["paths"]["/gallery"]["post"]["responses"]
     assert set(enrol) == {"201", "400", "401", "403", "413", "415", "422", "500", "503", "507"}  # no 404
     thumb = doc["paths"]["/gallery/{whale_id}/images/{image_id}"]["get"]["responses"]
-    assert set(thumb) == {"200", "404", "422", "500", "503"}  # a read: no 507, no 413
+    assert set(thumb) == {"200", "304", "404", "422", "500", "503"}  # a read: no 507, no 413
+    assert set(thumb["200"]["headers"]) == {"ETag", "Cache-Control"} and "content" not in thumb["304"]
     assert doc["paths"]["/gallery"]["post"]["responses"]["503"]["headers"]["Retry-After"]["schema"]["type"] == "integer"
     examples = doc["paths"]["/identify"]["post"]["responses"]["413"]["content"]["application/json"]["examples"]
     detail = examples["upload_too_large"]["value"]["detail"]
