@@ -161,7 +161,7 @@ class LocalFeatureSpec(_Strict):
     matcher: Literal["lnbnn", "brute_force"] = "lnbnn"
     descriptor_factory: str = "auto"
     lnbnn_k: int = Field(4, gt=0, le=64)
-    nprobe: int = Field(16, gt=0)
+    nprobe: int = Field(32, gt=0)
     verify_k: int = Field(50, gt=0)
 
 

@@ -64,8 +64,9 @@ def test_lnbnn_votes_by_hand():
 
 def test_auto_factory_grows_with_the_gallery():
     assert auto_factory(50_000) == "IDMap2,Flat"
-    assert auto_factory(800_000) == "IVF4096,PQ64x4fs"  # 4 * sqrt(8e5) = 3578 -> 4096
-    assert auto_factory(40_000_000) == "IVF32768,PQ64x4fs"  # 4 * sqrt(4e7) = 25298 -> 32768
+    assert auto_factory(100_000) == "IVF256,PQ64x4fs"  # sqrt(1e5) = 316 -> 256
+    assert auto_factory(800_000) == "IVF1024,PQ64x4fs"  # sqrt(8e5) = 894 -> 1024
+    assert auto_factory(40_000_000) == "IVF4096_HNSW32,PQ64x4fs"  # sqrt(4e7) = 6325 -> 8192, capped
 
 
 def _photo(sha: str, emb, pixels, extractor, box=None) -> NewImage:
