@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from core.errors import InsufficientStorageError, StorageError
-from service.errors import UPLOAD_TOO_LARGE
+from core.preprocess import describe_bytes, over_limit
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class UploadParser(MultiPartParser):
             if self._part_bytes > self.max_file_bytes:
                 raise UploadRefused(
                     413,
-                    UPLOAD_TOO_LARGE.format(limit=self.max_file_bytes),
+                    over_limit("upload", describe_bytes(self.max_file_bytes), "WHALEID_MAX_UPLOAD_BYTES"),
                     "upload_too_large",
                     {"Connection": "close"},
                 )

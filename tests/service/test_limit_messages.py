@@ -57,3 +57,18 @@ def test_identify_413_says_mib_and_the_setting(tmp_path):
         "detail": "upload too large: over the limit of 1 MiB (raise it with WHALEID_MAX_UPLOAD_BYTES)",
         "code": "upload_too_large",
     }
+
+
+def test_gallery_413_for_one_photo_says_mib_and_the_setting(tmp_path):
+    pytest.importorskip("onnx")
+    from fastapi.testclient import TestClient
+
+    from service.config import Settings
+    from service.main import create_app
+
+    bundle = tiny_bundle(tmp_path / "bundle")
+    with TestClient(create_app(Settings(bundle=bundle, max_upload_bytes=MiB))) as c:
+        # the body is under WHALEID_MAX_REQUEST_BYTES (100 MiB): the photo's own limit refuses it
+        r = c.post("/gallery", files={"files": ("big.jpg", b"x" * (2 * MiB), "image/jpeg")})
+    assert r.status_code == 413
+    assert r.json()["detail"] == "upload too large: over the limit of 1 MiB (raise it with WHALEID_MAX_UPLOAD_BYTES)"
