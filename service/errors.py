@@ -54,7 +54,6 @@ STATUS = {
 }
 
 # Stable messages for errors raised at the HTTP edge itself.
-UPLOAD_TOO_LARGE = "upload too large: over the limit of {limit} bytes"
 MISSING_FILE = "no photo: send it as the multipart form field '{field}'"
 MISSING_API_KEY = "missing API key: send it in the X-API-Key header"
 WRONG_API_KEY = "invalid API key"
