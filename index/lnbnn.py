@@ -52,8 +52,12 @@ log = logging.getLogger(__name__)
 DESCRIPTOR_DIM = 128
 #: Descriptor id = image_id << ID_SHIFT | keypoint index (a photo has fewer than 65,536 keypoints).
 ID_SHIFT = 16
-#: ``"auto"`` searches exactly below this many descriptors (about 250 photos of 400 keypoints).
-AUTO_EXACT_MAX = 100_000
+#: ``"auto"`` searches exactly below this many descriptors (about 5 photos of 400 keypoints): FAISS's
+#: exact search of a photo's 400 descriptors costs 400 x n distances (seconds at n = 80,000 on one
+#: core), while an inverted file scanning 4-bit codes stays milliseconds.
+AUTO_EXACT_MAX = 2_000
+#: ``"auto"``'s smallest number of inverted lists.
+AUTO_MIN_NLIST = 16
 #: ``"auto"``'s largest number of inverted lists (k-means training cost grows with it).
 AUTO_MAX_NLIST = 4096
 #: ``"auto"`` retrains its inverted file when the gallery has grown this many times since.
@@ -82,8 +86,8 @@ def rootsift(descriptors: np.ndarray) -> np.ndarray:
 def auto_factory(n_descriptors: int) -> str:
     """The factory ``"auto"`` picks for a gallery of ``n_descriptors``.
 
-    Exact search for small galleries; else ``IVF{nlist},PQ64x4fs`` with ``nlist`` the power of two
-    nearest ``sqrt(n)``, within ``[256, AUTO_MAX_NLIST]``: the low end of FAISS's rule of thumb,
+    Exact search for a few photos; else ``IVF{nlist},PQ64x4fs`` with ``nlist`` the power of two
+    nearest ``sqrt(n)``, within ``[AUTO_MIN_NLIST, AUTO_MAX_NLIST]``: the low end of FAISS's rule of thumb,
     because 4-bit fast-scan codes make long lists cheap to scan while k-means training on a CPU
     costs ``nlist`` squared (1,024 lists train in seconds, 4,096 in about a minute). From 4,096 lists
     the coarse quantiser is an HNSW graph (``IVF{nlist}_HNSW32``), so assigning tens of millions of
@@ -91,7 +95,7 @@ def auto_factory(n_descriptors: int) -> str:
     """
     if n_descriptors < AUTO_EXACT_MAX:
         return "IDMap2,Flat"
-    nlist = min(AUTO_MAX_NLIST, max(256, 2 ** round(math.log2(math.sqrt(n_descriptors)))))
+    nlist = min(AUTO_MAX_NLIST, max(AUTO_MIN_NLIST, 2 ** round(math.log2(math.sqrt(n_descriptors)))))
     return f"IVF{nlist}_HNSW32,PQ64x4fs" if nlist >= 4096 else f"IVF{nlist},PQ64x4fs"
 
 
@@ -358,10 +362,24 @@ class DescriptorIndex:
         return self._built_factory
 
     def memory_bytes(self) -> int:
-        """Bytes of the serialised FAISS index (codes, ids, quantiser): its size in memory, within a
-        few percent."""
+        """Bytes the index holds in memory, from its layout (no copy is made): for an inverted file
+        each list's codes (fast-scan lists padded to blocks of 32) and 8-byte ids, plus the coarse
+        quantiser's centroids; for exact search the float32 vectors, the ids and the id map."""
         with self._rw.read():
-            return 0 if self._index is None else int(faiss.serialize_index(self._index).nbytes)
+            index = self._index
+            if index is None:
+                return 0
+            ivf = faiss.try_extract_index_ivf(index)
+            if ivf is None:
+                return int(index.ntotal) * (DESCRIPTOR_DIM * 4 + 8 + 16)
+            ivf = faiss.downcast_index(ivf)
+            block = int(getattr(ivf, "bbs", 1))
+            lists = ivf.invlists
+            total = 0
+            for i in range(ivf.nlist):
+                n = lists.list_size(i)
+                total += -(-n // block) * block * ivf.code_size + n * 8
+            return total + ivf.nlist * DESCRIPTOR_DIM * 4
 
     def votes(self, descriptors: np.ndarray) -> PhotoVotes:
         """LNBNN votes of a query photo's descriptors for the gallery's photos.

@@ -63,7 +63,8 @@ def test_lnbnn_votes_by_hand():
 
 
 def test_auto_factory_grows_with_the_gallery():
-    assert auto_factory(50_000) == "IDMap2,Flat"
+    assert auto_factory(1_999) == "IDMap2,Flat"
+    assert auto_factory(2_008) == "IVF32,PQ64x4fs"  # sqrt(2008) = 44.8 -> 32 (2^5.49)
     assert auto_factory(100_000) == "IVF256,PQ64x4fs"  # sqrt(1e5) = 316 -> 256
     assert auto_factory(800_000) == "IVF1024,PQ64x4fs"  # sqrt(8e5) = 894 -> 1024
     assert auto_factory(40_000_000) == "IVF4096_HNSW32,PQ64x4fs"  # sqrt(4e7) = 6325 -> 8192, capped
@@ -107,7 +108,7 @@ def test_votes_find_the_warped_copy_and_follow_the_store(six_whales, tmp_path):
     counts = {w: len(extractor.extract(px)) for w, px in pixels.items()}
     assert counts["W0"] == SPEC.n_keypoints and counts["W2"] < 20  # blank water has a few keypoints
     assert len(index) == 6 and index.n_descriptors == sum(counts.values())
-    assert index.built_factory == "IDMap2,Flat"
+    assert index.built_factory == auto_factory(index.n_descriptors) and index.built_factory.startswith("IVF")
     w3 = g.store.identity_id("W3")
     assert votes.identity_ids[0] == w3
     assert votes.scores[0] > 5 * votes.scores[1]  # the true photo dominates the votes
