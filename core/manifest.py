@@ -147,6 +147,8 @@ class LocalFeatureSpec(_Strict):
         lnbnn_k: LNBNN's voting neighbours ``K`` (the ``K + 1``-th is the normaliser).
         nprobe: inverted lists visited per query descriptor (IVF descriptor indexes).
         verify_k: best-voted gallery photos verified by RANSAC per query.
+        lnbnn_weight: weight of the LNBNN score beside ``log1p(inliers)`` in the local evidence the
+            calibrations are fitted on (:func:`index.local.calibrate_from_pairs`).
     """
 
     detector: Literal["sift"] = "sift"
@@ -163,6 +165,7 @@ class LocalFeatureSpec(_Strict):
     lnbnn_k: int = Field(4, gt=0, le=64)
     nprobe: int = Field(32, gt=0)
     verify_k: int = Field(50, gt=0)
+    lnbnn_weight: float = Field(4.0, ge=0)
 
 
 class Manifest(_Strict):

@@ -440,7 +440,9 @@ def local_study(
 
     def fit(idx, mode: str):
         inl, same, cos, lb = pairs(idx, mode)
-        return calibrate_from_pairs(inl, same, cos, lnbnn=lb) if 0 < sum(same) < len(same) else None
+        if not 0 < sum(same) < len(same):
+            return None
+        return calibrate_from_pairs(inl, same, cos, lnbnn=lb, lnbnn_weight=spec.lnbnn_weight)
 
     order = np.random.default_rng(0).permutation(len(names))
     folds = [order[: len(order) // 2], order[len(order) // 2 :]]

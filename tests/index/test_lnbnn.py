@@ -67,7 +67,7 @@ def test_auto_factory_grows_with_the_gallery():
     assert auto_factory(2_008) == "IVF32,PQ64x4fs"  # sqrt(2008) = 44.8 -> 32 (2^5.49)
     assert auto_factory(100_000) == "IVF256,PQ64x4fs"  # sqrt(1e5) = 316 -> 256
     assert auto_factory(800_000) == "IVF1024,PQ64x4fs"  # sqrt(8e5) = 894 -> 1024
-    assert auto_factory(40_000_000) == "IVF4096_HNSW32,PQ64x4fs"  # sqrt(4e7) = 6325 -> 8192, capped
+    assert auto_factory(40_000_000) == "IVF2048,PQ64x4fs"  # sqrt(4e7) = 6325 -> 8192, capped
 
 
 def _photo(sha: str, emb, pixels, extractor, box=None) -> NewImage:
