@@ -12,7 +12,14 @@ from test_local import QUERY, WARP, WARPED, texture, water
 from core.manifest import LocalFeatureSpec
 from index.gallery import Gallery
 from index.lnbnn import ID_SHIFT, DescriptorIndex, auto_factory, lnbnn_votes, rootsift
-from index.local import LocalFeatureExtractor, LocalMatcher, decode_features
+from index.local import (
+    LocalFeatureExtractor,
+    LocalMatcher,
+    calibrate_from_pairs,
+    decode_features,
+    fused_score,
+    local_score,
+)
 from index.store import NewImage
 
 SPEC = LocalFeatureSpec()
@@ -182,3 +189,27 @@ def test_fused_joins_lnbnn_candidates_to_a_shortlist_that_missed_the_whale(six_w
     assert fused[0].whale_id == "W3" and fused[0].inliers >= 60
     # its cosine is the centroid's, as the embedding search would have scored it
     assert fused[0].cosine == pytest.approx(g.similarities(embedding, [w3])[w3], abs=1e-6)
+
+
+def test_lnbnn_evidence_in_the_scores_and_calibration_by_hand():
+    # local: sigmoid(a * log1p(inliers) + b + c * lnbnn); log1p(3) = log 4
+    assert local_score(3, (1.0, -3.0, 2.0), lnbnn=0.5) == pytest.approx(1 / (1 + math.exp(-(math.log(4) - 2.0))))
+    assert local_score(3, (1.0, -3.0), lnbnn=0.5) == pytest.approx(1 / (1 + math.exp(-(math.log(4) - 3.0))))
+    # fused: sigmoid(w_e * cos + w_l * log1p(inliers) + bias + w_v * lnbnn)
+    want = 1 / (1 + math.exp(-(2.0 * 0.5 + math.log(4) - 4.0 + 3.0 * 0.25)))
+    assert fused_score(0.5, 3, (2.0, 1.0, -4.0, 3.0), lnbnn=0.25) == pytest.approx(want)
+    # the calibration fits one evidence log1p(inliers) + weight * lnbnn: c = a * weight, w_v = w_l * weight
+    rng = np.random.default_rng(0)
+    same = rng.random(400) < 0.3
+    inliers = np.where(same, rng.integers(5, 60, 400), rng.integers(0, 12, 400))
+    lnbnn = np.where(same, rng.uniform(0.2, 2.0, 400), rng.uniform(0.0, 0.4, 400))
+    cos = np.where(same, rng.uniform(0.3, 0.9, 400), rng.uniform(0.0, 0.5, 400))
+    cal = calibrate_from_pairs(inliers, same, cos, lnbnn=lnbnn, lnbnn_weight=4.0)
+    a, b, c = cal.calibration
+    assert a > 0 and c == pytest.approx(4.0 * a)
+    w_e, w_l, bias, w_v = cal.fusion
+    assert w_e > 0 and w_l > 0 and w_v == pytest.approx(4.0 * w_l)
+    plain = calibrate_from_pairs(inliers, same, cos)
+    assert len(plain.calibration) == 2 and len(plain.fusion) == 3
+    spec = LocalFeatureSpec(calibration=cal.calibration, fusion=cal.fusion)  # fits the manifest
+    assert spec.calibration == cal.calibration and spec.fusion == cal.fusion
