@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from core.manifest import load_manifest
 from whaleid.cli import app
-from whaleid.quickstart import FUSED_SHORTLIST_ALL, calibration_subset
+from whaleid.quickstart import calibration_subset
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +46,12 @@ def test_quickstart_builds_a_servable_bundle(tmp_path):
     run_eval = json.loads((home / "run" / "eval.json").read_text())
     emb, fused = manifest.thresholds["embedding"], manifest.thresholds["fused"]
     assert emb.rule == fused.rule == "max_map5" and None not in (emb.val_map5, fused.val_map5)
-    # local features on; fused re-ranks every whale; the better mode on validation is the default
-    assert manifest.local_features is not None and manifest.local_features.shortlist_k == FUSED_SHORTLIST_ALL
+    # local features on; fused at its defaults (50 whales joined by LNBNN); the better mode is the default
+    assert (
+        manifest.local_features is not None
+        and manifest.local_features.shortlist_k == 50
+        and manifest.local_features.matcher == "lnbnn"
+    )
     best = "fused" if fused.val_map5 >= emb.val_map5 else "embedding"
     assert manifest.scoring == best
     assert (

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from core.manifest import load_manifest
 from whaleid.cli import app
-from whaleid.quickstart import FUSED_SHORTLIST_ALL
 
 pytest.importorskip("onnx")
 pytest.importorskip("faiss")
@@ -48,7 +47,11 @@ def test_quickstart_serves_the_starter_model_without_training(tmp_path, syntheti
     # both modes calibrated on the validation photos; the starter's own 0.9 replaced; the better is the default
     emb, fused = manifest.thresholds["embedding"], manifest.thresholds["fused"]
     assert emb.rule == fused.rule == "max_map5" and None not in (emb.val_map5, fused.val_map5)
-    assert manifest.local_features is not None and manifest.local_features.shortlist_k == FUSED_SHORTLIST_ALL
+    assert (
+        manifest.local_features is not None
+        and manifest.local_features.shortlist_k == 50
+        and manifest.local_features.matcher == "lnbnn"
+    )
     assert manifest.scoring == ("fused" if fused.val_map5 >= emb.val_map5 else "embedding")
     # the split is the CPU configs' split by whale (seed 0): every named whale with 2+ photos loses one
     # photo to validation, the gallery holds the rest
