@@ -97,6 +97,18 @@ class WhaleService:
 
     async def start(self) -> None:
         await self.batcher.start()
+        descriptors = getattr(self.matcher, "descriptors", None)
+        if descriptors is not None:
+            # Build the LNBNN descriptor index from the store now, so the first query does not wait for it.
+            t0 = time.perf_counter()
+            await to_thread.run_sync(descriptors.sync)
+            log.info(
+                "descriptor index ready: %d photos, %d descriptors (%s) in %.1f s",
+                len(descriptors),
+                descriptors.n_descriptors,
+                descriptors.built_factory,
+                time.perf_counter() - t0,
+            )
 
     async def stop(self) -> None:
         await self.batcher.stop()
@@ -130,6 +142,7 @@ class WhaleService:
             "scoring": self.scoring,
             "scoring_modes": self.available_modes(),
             "thresholds": {k: v.value for k, v in m.thresholds.items()},
+            "local_matcher": None if m.local_features is None else m.local_features.matcher,
         }
 
     def available_modes(self) -> list[str]:
