@@ -33,9 +33,10 @@ MAX_CALIBRATION_QUERIES = 150
 # --train: configs/cpu-lite0.yaml fine-tuned from the starter model on all cores, for a short schedule
 TRAIN_CONFIG = "cpu-lite0.yaml"
 TRAIN_OVERRIDES = ["threads=0", "stages.0.epochs=2", "head.margin_warmup_epochs=1"]
-# what the steps took for the synthetic set on this machine (2 cores), printed before each step
-STEP_SECONDS_TRAIN = "about 3 minutes on 2 cores for the synthetic set"
-STEP_SECONDS_GALLERY = "about 30 s on 2 cores for the synthetic set"
+# what the steps took for the synthetic set here (2 cores shared with other jobs, load average 4-5),
+# printed before each step: training 86 s (2 epochs, evaluation included); gallery and calibration 24-63 s
+STEP_SECONDS_TRAIN = "about 1.5 minutes for the synthetic set, measured on 2 busy cores"
+STEP_SECONDS_GALLERY = "about 1 minute for the synthetic set, measured on 2 busy cores"
 
 
 def calibration_subset(queries: Path, out: Path, limit: int = MAX_CALIBRATION_QUERIES, seed: int = 0) -> Path:
