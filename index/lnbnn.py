@@ -296,7 +296,7 @@ class DescriptorIndex:
         )
         return index, factory, counts
 
-    def sync(self, progress: bool = False) -> bool:
+    def sync(self, progress: bool = False, wait: bool = True) -> bool:
         """Bring the index in step with the store when the store's generation changed.
 
         Photos added since the last sync are added, removed photos are removed (by id range), and
@@ -304,46 +304,59 @@ class DescriptorIndex:
         rebuilt instead when it was never built, when an IVF factory can now be trained, or (auto)
         when the gallery has grown ``AUTO_REBUILD_GROWTH`` times since the last training.
 
+        Args:
+            progress: show a progress bar while (re)building.
+            wait: when another thread is already syncing, wait for it (False: return at once and
+                let the caller search the index as it is, as queries do during a long rebuild).
+
         Returns:
             Whether anything changed.
         """
         generation = self.store.generation
         if generation == self._generation:
             return False
-        with self._mutate:
-            generation = self.store.generation
-            if generation == self._generation:
-                return False
-            owners = self.store.local_feature_owners()
-            new = sorted(set(owners) - set(self._count))
-            gone = sorted(set(self._count) - set(owners))
-            total = sum(self._count.values())
-            rebuild = self._index is None
-            if not rebuild and new:
-                mean = total / max(len(self._count), 1) if self._count else 400.0
-                grown = int(total + mean * len(new))
-                rebuild = self._factory_for(grown) != self._built_factory and (
-                    self.factory != "auto" or grown >= AUTO_REBUILD_GROWTH * max(self._trained_for, 1)
-                )
-            if rebuild:
-                index, factory, counts = self._build(owners, progress)
-                with self._rw.write():
-                    self._index, self._built_factory, self._count = index, factory, counts
-                    self._trained_for = int(index.ntotal)
-                    self._owner, self._generation = dict(owners), generation
-                return True
-            ids, vecs, counts = self._read(new) if new else (np.zeros(0, np.int64), None, {})
+        if not self._mutate.acquire(blocking=wait):
+            return False
+        try:
+            return self._sync_locked(progress)
+        finally:
+            self._mutate.release()
+
+    def _sync_locked(self, progress: bool) -> bool:
+        """The body of :meth:`sync`, run under ``self._mutate``."""
+        generation = self.store.generation
+        if generation == self._generation:
+            return False
+        owners = self.store.local_feature_owners()
+        new = sorted(set(owners) - set(self._count))
+        gone = sorted(set(self._count) - set(owners))
+        total = sum(self._count.values())
+        rebuild = self._index is None
+        if not rebuild and new:
+            mean = total / max(len(self._count), 1) if self._count else 400.0
+            grown = int(total + mean * len(new))
+            rebuild = self._factory_for(grown) != self._built_factory and (
+                self.factory != "auto" or grown >= AUTO_REBUILD_GROWTH * max(self._trained_for, 1)
+            )
+        if rebuild:
+            index, factory, counts = self._build(owners, progress)
             with self._rw.write():
-                for image_id in gone:
-                    n = self._count.pop(image_id)
-                    if n:
-                        lo = image_id << ID_SHIFT
-                        self._index.remove_ids(faiss.IDSelectorRange(lo, lo + n))
-                if len(ids):
-                    self._index.add_with_ids(vecs, ids)
-                self._count.update(counts)
+                self._index, self._built_factory, self._count = index, factory, counts
+                self._trained_for = int(index.ntotal)
                 self._owner, self._generation = dict(owners), generation
             return True
+        ids, vecs, counts = self._read(new) if new else (np.zeros(0, np.int64), None, {})
+        with self._rw.write():
+            for image_id in gone:
+                n = self._count.pop(image_id)
+                if n:
+                    lo = image_id << ID_SHIFT
+                    self._index.remove_ids(faiss.IDSelectorRange(lo, lo + n))
+            if len(ids):
+                self._index.add_with_ids(vecs, ids)
+            self._count.update(counts)
+            self._owner, self._generation = dict(owners), generation
+        return True
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -389,7 +402,7 @@ class DescriptorIndex:
         Returns:
             :class:`PhotoVotes` (empty when the query or the gallery has no descriptors).
         """
-        self.sync()
+        self.sync(wait=self._index is None)  # never wait behind another query's long rebuild
         q = rootsift(descriptors)
         empty = PhotoVotes(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), 0.0)
         with self._rw.read():

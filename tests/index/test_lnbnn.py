@@ -4,6 +4,7 @@ the store, and the brute-force matcher as the reference on a small hand-made gal
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -213,3 +214,22 @@ def test_lnbnn_evidence_in_the_scores_and_calibration_by_hand():
     assert len(plain.calibration) == 2 and len(plain.fusion) == 3
     spec = LocalFeatureSpec(calibration=cal.calibration, fusion=cal.fusion)  # fits the manifest
     assert spec.calibration == cal.calibration and spec.fusion == cal.fusion
+
+
+def test_queries_do_not_wait_behind_a_sync_in_progress(six_whales, tmp_path):
+    g, extractor, _ = six_whales
+    index = DescriptorIndex(g.store, _decode, "auto", k=4)
+    query = extractor.extract(QUERY)
+    assert index.votes(query.descriptors).identity_ids[0] == g.store.identity_id("W3")
+    g.add("W6", [_photo("W6", np.ones(4), QUERY, extractor)])  # the store moves on
+    index._mutate.acquire()  # as if another thread were rebuilding for minutes
+    try:
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(v=index.votes(query.descriptors)))
+        worker.start()
+        worker.join(timeout=30)
+        assert not worker.is_alive()  # answered from the index as it is
+        assert g.store.identity_id("W6") not in result["v"].identity_ids.tolist()
+    finally:
+        index._mutate.release()
+    assert index.votes(query.descriptors).identity_ids[0] == g.store.identity_id("W6")
