@@ -57,3 +57,16 @@ def test_help_names_every_option_in_full(command):
     assert "…" not in res.output
     if command == "predict":
         assert "--balance-min-claims" in res.output and "--scoring" in res.output
+
+
+def test_a_training_command_without_the_train_extra_names_the_extra(tmp_path, monkeypatch):
+    """Without torch (a `.[serve]` install), `quickstart --train` says which extra to install, no traceback."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ModuleNotFoundError
+    for name in [m for m in sys.modules if m.startswith("training.") and m != "training.synthetic"]:
+        monkeypatch.delitem(sys.modules, name)
+    res = run("quickstart", "--train", "--no-serve", "--home", tmp_path / "home")
+    assert res.exit_code == 2
+    assert "needs 'torch'" in res.output and "pip install -e '.[train]'" in res.output
+    assert "Traceback" not in res.output

@@ -63,8 +63,23 @@ def _domain_errors(fn):
                 where = ".".join(str(p) for p in err.get("loc", ()))
                 typer.secho(f"error: {where + ': ' if where else ''}{err['msg']}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
+        except ModuleNotFoundError as exc:
+            extra = TRAIN_MODULES.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            typer.secho(
+                f"error: this command needs {exc.name!r}, which the {extra!r} extra installs: "
+                f"pip install -e '.[{extra}]' (the service and the default quickstart need only '.[serve]')",
+                fg=typer.colors.RED,
+                err=True,
+            )
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+#: Top-level modules only the ``train`` extra installs (training, export, the detector).
+TRAIN_MODULES = {m: "train" for m in ("torch", "torchvision", "timm", "albumentations", "onnx", "onnxscript")}
 
 
 def check_training_inputs(data) -> None:
