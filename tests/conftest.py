@@ -37,7 +37,7 @@ def pytest_configure(config):
 #: fixture) is slow, marked or not, so `pytest -m "not slow"` stays the fast tier.
 SLOW_FIXTURES = {"real_bundle"}
 #: A slow test prints a line when it starts and then every this many seconds (it never looks hung).
-HEARTBEAT_S = 30.0
+HEARTBEAT_S = float(os.environ.get("WHALEID_TEST_HEARTBEAT_S", "30"))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -69,9 +69,18 @@ def pytest_runtest_protocol(item, nextitem):
 
     say(f"started {time.strftime('%H:%M:%S')}")
 
+    # The heartbeat runs in another thread while the test runs, so it must not suspend pytest's capture
+    # (that swaps sys.stdout under a test that has swapped it too, e.g. typer's CliRunner, which then
+    # fails with "I/O operation on closed file"): it writes straight to the terminal's file descriptor
+    # that pytest's fd capture saved (or fd 1 when pytest does not capture at the fd level).
+    out = getattr(getattr(capture, "_global_capturing", None), "out", None)
+    fd = getattr(out, "targetfd_save", None) if out is not None else None
+    fd = fd if fd is not None else (1 if getattr(capture, "_method", "fd") != "fd" else None)
+
     def beat():
         while not done.wait(HEARTBEAT_S):
-            say(f"still running, {time.monotonic() - t0:.0f} s")
+            if fd is not None:
+                os.write(fd, f"\n[slow] {item.nodeid}: still running, {time.monotonic() - t0:.0f} s\n".encode())
 
     threading.Thread(target=beat, daemon=True, name="slow-test-heartbeat").start()
     try:

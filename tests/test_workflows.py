@@ -105,14 +105,22 @@ def test_build_gallery_calibrate_evaluate(synth_bundle):
     assert {"embedding", "local", "fused"} <= set(cmp)
     # synthetic flukes are views of one pattern: local matching finds most of them
     assert cmp["local"]["top1_known"] >= 0.5
+    assert cmp["matcher"] == "lnbnn" and cmp["verify_k"] == 50
+    lnbnn = cli_json(
+        "compare-modes", bundle, "--images", data / "images", "--labels", data / "queries.csv",
+        "--shortlist-k", "1",
+    )  # fmt: skip
     cmp = cli_json(
         "compare-modes", bundle, "--images", data / "images", "--labels", data / "queries.csv",
-        "--shortlist-k", "1", "--shortlist-k", "0",
+        "--shortlist-k", "1", "--shortlist-k", "0", "--matcher", "brute_force",
     )  # fmt: skip
-    # a shortlist of one whale can only answer the embedding's first whale; 12 whales < the default
-    # shortlist of 50, so "every whale" is the default fused ranking
+    assert cmp["matcher"] == "brute_force"
+    # brute force: a shortlist of one whale can only answer the embedding's first whale; 12 whales < the
+    # default shortlist of 50, so "every whale" is the default fused ranking
     assert cmp["fused@1"]["top1_known"] == cmp["embedding"]["top1_known"]
     assert cmp["fused@all"] == cmp["fused"] and cmp["shortlist_k"] == 50
+    # LNBNN joins the whales it verified to the embedding's shortlist: one whale is no longer a ceiling
+    assert lnbnn["fused@1"]["top1_known"] > cmp["fused@1"]["top1_known"]
     rep = cli_json(
         "calibrate", bundle, "--images", data / "images", "--labels", data / "queries.csv",
         "--mode", "fused", "--shortlist-k", "3",
