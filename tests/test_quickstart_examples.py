@@ -14,7 +14,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("faiss")
 
 
-def test_examples_are_photos_the_gallery_does_not_hold(tmp_path):
+def test_examples_are_photos_the_gallery_does_not_hold(tmp_path, monkeypatch):
     from whaleid.quickstart import curl_examples, example_photos
     from whaleid.workflows import build_gallery
 
@@ -36,6 +36,10 @@ def test_examples_are_photos_the_gallery_does_not_hold(tmp_path):
     assert f"curl -F file=@{query} http://127.0.0.1:8000/identify" in text
     assert f"curl -F files=@{new} -F whale_id=my-whale-1 http://127.0.0.1:8000/gallery" in text
     assert "a.jpg" not in text and "b.jpg" not in text
+    # relative paths are printed absolute: the examples work from any terminal
+    rel = query.relative_to(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert f"curl -F file=@{tmp_path / rel} " in curl_examples("127.0.0.1", 8000, rel, new)
 
 
 def test_no_unheld_photo_gives_placeholders(tmp_path):

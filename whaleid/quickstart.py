@@ -216,10 +216,11 @@ def example_photos(bundle: Path, photos: Path) -> tuple[Path | None, Path | None
 
 def curl_examples(host: str, port: int, identify_photo: Path | None, enrol_photo: Path | None = None) -> str:
     """The examples printed once the service is up: an identification of a photo the gallery does not
-    hold and an enrolment of another such photo (see :func:`example_photos`)."""
+    hold and an enrolment of another such photo (see :func:`example_photos`), with absolute paths so
+    they work from any terminal."""
     url = f"http://{host}:{port}"
-    query = str(identify_photo) if identify_photo else "fluke.jpg"
-    new = str(enrol_photo) if enrol_photo else "my-fluke.jpg"
+    query = str(Path(identify_photo).absolute()) if identify_photo else "fluke.jpg"
+    new = str(Path(enrol_photo).absolute()) if enrol_photo else "my-fluke.jpg"
     return "\n".join(
         [
             f"  review page:     {url}/        API docs: {url}/docs",
