@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import REPO
+from helpers import REPO, tiny_bundle
 
 BENCH = REPO / "benchmarks"
 MACHINE_KEYS = {"date_utc", "cpu_model", "cpu_cores_logical", "memory_gib", "versions", "load_average_start"}
@@ -119,45 +119,8 @@ def test_training_smoke(tmp_path):
     assert rows[0]["ratio_to_eager"] == 1.0
 
 
-def tiny_bundle(folder, hw=(32, 64), dim=16):
-    """A servable bundle without torch: a one-matrix ONNX "embedder" (flatten, matmul), local features on."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    from core.boxes import TTAPolicy
-    from core.fileio import sha256_file
-    from core.manifest import LocalFeatureSpec, Manifest, ModelSpec, ThresholdSpec
-    from core.preprocess import PreprocessSpec
-
-    h, w = hw
-    weight = np.random.default_rng(0).normal(size=(3 * h * w, dim)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-            helper.make_node("MatMul", ["flat", "weight"], ["embedding"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, h, w])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
-        initializer=[numpy_helper.from_array(weight, "weight")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 10
-    onnx.checker.check_model(model)
-    folder.mkdir(parents=True)
-    onnx.save(model, str(folder / "model.onnx"))
-    Manifest(
-        model_version="bench-smoke",
-        model=ModelSpec(sha256=sha256_file(folder / "model.onnx"), architecture="tiny-linear", embedding_dim=dim),
-        preprocess=PreprocessSpec(input_size=hw),
-        tta=TTAPolicy.default(),
-        thresholds={"embedding": ThresholdSpec(value=0.5, rule="manual")},
-        local_features=LocalFeatureSpec(n_keypoints=100, crop_width_px=256),
-    ).save(folder)
-    return folder
-
-
 def test_identify_smoke_against_a_server_it_starts(tmp_path):
+    pytest.importorskip("onnx")
     bundle = tiny_bundle(tmp_path / "bundle")
     out = tmp_path / "identify.json"
     proc = run_benchmark(
