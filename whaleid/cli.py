@@ -535,6 +535,12 @@ def quickstart(
     run_quickstart(images, labels, boxes, home, host, port, serve, overrides=set_, train=train, starter=starter)
 
 
+from whaleid.report.cli import CONTEXT as _REPORT_CONTEXT  # noqa: E402  (typer only; the work is lazy)
+from whaleid.report.cli import report as _report  # noqa: E402
+
+app.command("report", context_settings=_REPORT_CONTEXT)(_domain_errors(_report))
+
+
 def main() -> None:
     try:
         app()
