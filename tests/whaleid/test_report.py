@@ -267,6 +267,7 @@ def real_report(real):
     return summary, out
 
 
+@pytest.mark.slow  # about 1 minute alone on 2 cores (the gallery's 120 photos: embeddings and SIFT), 2 when busy
 def test_real_report_matches_evaluate(real, real_report, monkeypatch):
     summary, out = real_report
     emb = summary["modes"]["embedding"]
@@ -278,9 +279,13 @@ def test_real_report_matches_evaluate(real, real_report, monkeypatch):
     best = _unrounded_evaluate(monkeypatch, real["bundle"], real["images"], real["labels"], real["boxes"])
     assert abs(emb["best_map5"] - best["map5_max_map5"]) < 1e-9
     html = (out / "report.html").read_text()
-    assert "keypoint matches" in html or summary["modes"]["local"]["cmc"][0] == 1.0  # a local strip, unless no failure
+    local = summary["modes"]["local"]
+    assert local["map5"] > 0 and sum(local["confusion"].values()) == 24
+    # the starter model misses some of these whales: their strips are there, local ones with keypoint matches
+    assert emb["top5_known"] < 1.0 and "with keypoint matches" in html
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent: install Debian's chromium package")
 @pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="the playwright package is not installed")

@@ -186,7 +186,8 @@ def _figures(stats: list[ModeStats], folder: Path) -> dict[str, tuple[str, bytes
 
 
 def _strips(stats: list[ModeStats], images: Path, gallery: Gallery, gallery_images, progress: bool) -> dict:
-    """``mode -> category -> [(image, PNG bytes)]`` for the worst cases."""
+    """``mode -> category -> [(caption, PNG bytes)]`` for the worst cases (caption: the image name, and
+    whether keypoint matches are drawn)."""
     from tqdm import tqdm
 
     from .strips import PhotoSource, strip_figure
@@ -195,5 +196,6 @@ def _strips(stats: list[ModeStats], images: Path, gallery: Gallery, gallery_imag
     todo = [(s, c, r) for s in stats for c in WORST for r in s.worst.get(c, [])]
     out: dict = {s.mode: {c: [] for c in WORST} for s in stats}
     for s, c, rec in tqdm(todo, desc="report strips", unit="strip", disable=not progress):
-        out[s.mode][c].append((rec["image"], strip_figure(rec, photos, s.threshold)))
+        data, n_matches = strip_figure(rec, photos, s.threshold)
+        out[s.mode][c].append((rec["image"] + (" with keypoint matches" if n_matches else ""), data))
     return out

@@ -118,8 +118,9 @@ def _match_panel(ax, q, g, pairs, title: str) -> None:
     ax.set_yticks([])
 
 
-def strip_figure(rec: dict, photos: PhotoSource, threshold: float | None) -> bytes:
-    """The strip of one worst case (a record of :func:`whaleid.report.queries.run_queries`) as PNG bytes."""
+def strip_figure(rec: dict, photos: PhotoSource, threshold: float | None) -> tuple[bytes, int]:
+    """The strip of one worst case (a record of :func:`whaleid.report.queries.run_queries`): PNG bytes and
+    the number of keypoint-match panels drawn."""
     ranked = rec.get("ranked", [])[:5]
     pairs = rec.get("pairs") or {}
     truth = rec["truth"]
@@ -182,4 +183,4 @@ def strip_figure(rec: dict, photos: PhotoSource, threshold: float | None) -> byt
         ax = fig.add_subplot(grid[1, 3 * n : 3 * n + 3])
         _match_panel(ax, q, g, pairs[w], f"keypoint matches: query and {w} ({len(pairs[w])} inliers)")
     fig.tight_layout()
-    return png(fig, dpi=72)
+    return png(fig, dpi=72), len(matches[:2])
