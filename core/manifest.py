@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from core.boxes import TTAPolicy
 from core.errors import ManifestError, ManifestMismatchError
@@ -37,7 +37,10 @@ MANIFEST_VERSION = 1
 #: Format versions this code can read.
 SUPPORTED_VERSIONS = frozenset({1})
 
-ScoringMode = Literal["embedding", "local", "fused"]
+#: A scoring mode's name: the built-in ``embedding``, ``local`` and ``fused``, or any mode registered in
+#: :mod:`index.modes` (checked where a bundle is opened, since ``core`` knows no implementations).
+SCORING_MODE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+ScoringModeName = Annotated[str, StringConstraints(pattern=SCORING_MODE_PATTERN)]
 NEW_WHALE = "new_whale"
 
 
@@ -180,13 +183,13 @@ class Manifest(_Strict):
     tta: TTAPolicy
     detector: DetectorSpec | None = None
     gallery: GallerySpec = GallerySpec()
-    scoring: ScoringMode = "embedding"
-    thresholds: dict[ScoringMode, ThresholdSpec] = Field(default_factory=dict)
+    scoring: ScoringModeName = "embedding"
+    thresholds: dict[ScoringModeName, ThresholdSpec] = Field(default_factory=dict)
     local_features: LocalFeatureSpec | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
 
-    def threshold_for(self, mode: ScoringMode | None = None) -> float:
+    def threshold_for(self, mode: str | None = None) -> float:
         """The new_whale threshold of ``mode`` (default: the manifest's scoring mode).
 
         Raises:

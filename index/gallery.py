@@ -29,7 +29,7 @@ import numpy as np
 
 from core.manifest import Manifest, check_embedding_dim
 from index.ranking import top_k_distinct
-from index.store import GalleryStore, NewImage, flipped_id, validate_whale_id
+from index.store import GalleryStore, NewImage, flipped_id, open_store, validate_whale_id
 from index.vectors import VectorIndex, as_float32_matrix, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class Gallery:
         self.dim = int(dim)
         self.factory = factory
         self.scoring = embedding_scoring
-        self.store = GalleryStore(self.folder / STORE_FILE, self.dim, model_sha256, durable, busy_timeout_s)
+        self.store: GalleryStore = open_store(self.folder / STORE_FILE, self.dim, model_sha256, durable, busy_timeout_s)
         self._rw = RWLock()
         self._mutate = threading.Lock()
         self._names: dict[int, tuple[str, bool]] = {}
@@ -354,6 +354,12 @@ class Gallery:
 
     def whale_ids(self) -> list[str]:
         return sorted(name for name, flipped in self._names.values() if not flipped)
+
+    def answerable_names(self) -> dict[int, str]:
+        """``identity_id -> whale_id`` of the identities an identification may answer (not the mirrors)."""
+        self.refresh()
+        with self._rw.read():
+            return {i: name for i, (name, flipped) in self._names.items() if not flipped}
 
     def search(self, queries, k: int = 5) -> list[list[Hit]]:
         """Top-``k`` distinct identities of each query, best first (mirror identities never answered).

@@ -19,17 +19,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.errors import InvalidRequestError
+from core.errors import ConfigError, InvalidRequestError
 from core.fileio import sha256_bytes
-from core.manifest import Manifest, ScoringMode
+from core.manifest import Manifest
 from core.preprocess import DecodedImage, DecodeLimits, decode_image
+from index import modes
 from index.embedder import PhotoEmbedder, aggregate_tta
 from index.fluke_check import FlukeChecker
 from index.ranking import NEW_WHALE, insert_new_whale
 
 if TYPE_CHECKING:  # index.gallery imports faiss
-    from index.gallery import Gallery, Hit
-    from index.local import LocalFeatureExtractor, LocalFeatures, LocalMatcher
+    from index.gallery import Gallery
+    from index.local import LocalFeatureExtractor, LocalMatcher
 
 #: Decimals of the scores and similarities in a response.
 SCORE_DECIMALS = 5
@@ -74,7 +75,7 @@ class Identifier:
         gallery: Gallery,
         embedder: PhotoEmbedder,
         limits: DecodeLimits,
-        scoring: ScoringMode | None = None,
+        scoring: str | None = None,
         local: tuple[LocalFeatureExtractor, LocalMatcher] | None = None,
     ):
         self.manifest = manifest
@@ -82,9 +83,14 @@ class Identifier:
         self.embedder = embedder
         self.detector = embedder.detector
         self.limits = limits
-        self.scoring: ScoringMode = scoring or manifest.scoring
+        self.scoring: str = scoring or manifest.scoring
         self.local, self.matcher = local if local is not None else (None, None)
         self.fluke_checker = FlukeChecker(gallery)
+        if self.scoring not in self.available_modes():
+            raise ConfigError(
+                f"scoring mode {self.scoring!r} is not available with this bundle "
+                f"(available: {', '.join(self.available_modes())}; registered: {', '.join(modes.names())})"
+            )
 
     @classmethod
     def for_bundle(
@@ -99,16 +105,21 @@ class Identifier:
         return cls(manifest, gallery, embedder, limits, scoring, local)
 
     def available_modes(self) -> list[str]:
-        return ["embedding"] + (["local", "fused"] if self.matcher is not None else [])
+        """The registered scoring modes this bundle can serve (:func:`index.modes.available`)."""
+        return (
+            modes.available(self.manifest)
+            if self.matcher is not None
+            else [m for m in modes.available(self.manifest) if not modes.get(m).needs_local_features]
+        )
 
-    def resolve(self, scoring: ScoringMode | None = None, threshold: float | None = None) -> tuple[ScoringMode, float]:
+    def resolve(self, scoring: str | None = None, threshold: float | None = None) -> tuple[str, float]:
         """The scoring mode and new_whale threshold of a request (defaults: the identifier's mode, its threshold).
 
         Raises:
             InvalidRequestError: a mode the bundle lacks, or one without a calibrated threshold (and
                 no ``threshold`` given).
         """
-        mode: ScoringMode = scoring or self.scoring
+        mode: str = scoring or self.scoring
         if mode not in self.available_modes():
             raise InvalidRequestError(
                 f"scoring mode {mode!r} is not available in this bundle (available: {self.available_modes()})"
@@ -155,7 +166,7 @@ class Identifier:
         prep: PreparedPhoto,
         query: np.ndarray,
         k: int = 5,
-        scoring: ScoringMode | None = None,
+        scoring: str | None = None,
         threshold: float | None = None,
         explain: bool = False,
     ) -> dict:
@@ -177,22 +188,21 @@ class Identifier:
             InvalidRequestError: see :meth:`resolve`.
         """
         mode, thr = self.resolve(scoring, threshold)
+        spec = modes.get(mode)
         t0 = time.perf_counter()
-        shortlist = max(k, self.manifest.local_features.shortlist_k) if (mode == "fused" and self.matcher) else k
-        [hits] = self.gallery.search(query, shortlist)
+        [hits] = self.gallery.search(query, spec.embedding_k(self.manifest, k))
         prep.timings_ms["search"] = (time.perf_counter() - t0) * 1e3
-        if mode == "embedding":
-            ranked = [(h.whale_id, h.score) for h in hits[:k]]
-            best = self.best_images(hits[:k], query)
-            evidence = {
-                w: {"embedding_similarity": round(s, SCORE_DECIMALS), "best_image_id": best.get(w, (None,))[0]}
-                for w, s in ranked
-            }
-        else:
-            t1 = time.perf_counter()
+        scope = spec.match_scope(self.manifest)
+        features = None
+        t1 = time.perf_counter()
+        if scope != "none" and self.matcher is not None:
             features = self.local.extract(prep.image.pixels, prep.base_box)
-            ranked, evidence = self._rerank(mode, features, hits, k, explain, query)
+        ev = modes.gather(self.gallery, hits, query, self.matcher, features, scope)
+        entries = modes.rank(spec, ev, self.manifest, k, explain)
+        if features is not None:
             prep.timings_ms["local"] = (time.perf_counter() - t1) * 1e3
+        ranked = [(e.whale_id, e.score) for e in entries]
+        evidence = self._evidence(entries, query, explain)
         exact = self.gallery.store.photos_with_sha256(prep.sha256)
         if exact:
             # The photo itself is in the gallery: its whale is certain, whatever the model says.
@@ -229,7 +239,7 @@ class Identifier:
         self,
         data: bytes,
         k: int = 5,
-        scoring: ScoringMode | None = None,
+        scoring: str | None = None,
         threshold: float | None = None,
         explain: bool = False,
     ) -> dict:
@@ -249,8 +259,9 @@ class Identifier:
         res["timing_ms"]["total"] = (time.perf_counter() - t_start) * 1e3
         return res
 
-    def best_images(self, hits: list[Hit], query: np.ndarray) -> dict[str, tuple[int, float]]:
-        """For each hit, its gallery photo most similar to the query: ``whale_id -> (image_id, cosine)``."""
+    def best_images(self, hits, query: np.ndarray) -> dict[str, tuple[int, float]]:
+        """For each hit (anything with ``whale_id`` and ``identity_id``), its gallery photo most similar to
+        the query: ``whale_id -> (image_id, cosine)``."""
         out = {}
         for h in hits:
             ids, embs = self.gallery.store.embeddings_with_ids(h.identity_id)
@@ -260,26 +271,24 @@ class Identifier:
                 out[h.whale_id] = (int(ids[j]), float(sims[j]))
         return out
 
-    def _rerank(
-        self, mode: ScoringMode, features: LocalFeatures, hits: list[Hit], k: int, explain: bool, query: np.ndarray
-    ):
-        """``local`` or ``fused`` ranking of a photo's local features (``query``: its ``(d,)`` embedding)."""
-        if mode == "local":
-            entries = self.matcher.rank_local(features, k, explain=explain)
-        else:
-            entries = self.matcher.rank_fused(features, hits, k, explain=explain, embedding=query)
-        ranked = [(e.whale_id, e.score) for e in entries]
-        evidence = {}
+    def _evidence(self, entries: list[modes.RankedIdentity], query: np.ndarray, explain: bool) -> dict[str, dict]:
+        """``whale_id -> evidence`` of a ranking: the fields each mode measured (rounded), the best gallery
+        photo (by inliers, else by cosine with ``query``, the ``(d,)`` embedding) and, with ``explain``,
+        the keypoint pairs."""
+        need_best = [e for e in entries if e.image_id is None and e.cosine is not None]
+        best = self.best_images(need_best, query) if need_best else {}
+        out = {}
         for e in entries:
             ev = {
-                "embedding_similarity": None if e.cosine is None else round(e.cosine, SCORE_DECIMALS),
+                "embedding_similarity": e.cosine,
                 "inliers": e.inliers,
-                "local_score": None if e.local_score is None else round(e.local_score, SCORE_DECIMALS),
-                "fused_score": None if e.fused_score is None else round(e.fused_score, SCORE_DECIMALS),
-                "lnbnn_score": None if e.lnbnn is None else round(e.lnbnn, SCORE_DECIMALS),
-                "best_image_id": e.image_id,
+                "local_score": e.local_score,
+                "fused_score": e.fused_score,
+                "lnbnn_score": e.lnbnn,
+                "best_image_id": e.image_id if e.image_id is not None else best.get(e.whale_id, (None,))[0],
             }
+            ev = {k: (round(v, SCORE_DECIMALS) if isinstance(v, float) else v) for k, v in ev.items()}
             if explain and e.pairs is not None:
                 ev["keypoint_pairs"] = np.round(e.pairs, 1).tolist()
-            evidence[e.whale_id] = {k2: v for k2, v in ev.items() if v is not None}
-        return ranked, evidence
+            out[e.whale_id] = {k: v for k, v in ev.items() if v is not None}
+        return out

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.manifest import ScoringModeName
+
 MiB = 1024 * 1024
 
 
@@ -54,7 +56,7 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(3.0, ge=0, le=1000)
     providers: list[str] | None = None
     intra_op_threads: int | None = Field(None, gt=0)
-    scoring: Literal["embedding", "local", "fused"] | None = None
+    scoring: ScoringModeName | None = None
     thumbnail_px: int = Field(256, ge=32, le=2048)
     snapshot_every: int = Field(100, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -67,6 +69,15 @@ class Settings(BaseSettings):
     def _bundle_exists(cls, v: Path) -> Path:
         if not (v / "manifest.json").is_file():
             raise ValueError(f"WHALEID_BUNDLE={v} is not a bundle folder (no manifest.json in it)")
+        return v
+
+    @field_validator("scoring")
+    @classmethod
+    def _known_mode(cls, v: str | None) -> str | None:
+        from index import modes
+
+        if v is not None and v not in modes.names():
+            raise ValueError(f"WHALEID_SCORING={v!r} is not a scoring mode (known: {', '.join(modes.names())})")
         return v
 
     @field_validator("tmp_dir")

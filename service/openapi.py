@@ -196,7 +196,7 @@ def _complete_thumbnail(doc: dict[str, Any]) -> None:
 
 def _complete_body(doc: dict[str, Any], op: dict[str, Any], settings: Any) -> None:
     """The upload rules of a multipart body: photos in image formats, non-empty, how many; whale id rules."""
-    from index.store import _WHALE_ID, NEW_WHALE
+    from index.store import NEW_WHALE, whale_id_pattern
 
     body = op.get("requestBody", {}).get("content", {}).get("multipart/form-data")
     if body is None:
@@ -232,7 +232,7 @@ def _complete_body(doc: dict[str, Any], op: dict[str, Any], settings: Any) -> No
             # index.store.validate_whale_id; an empty value means "none given" (a new readable id). The
             # reserved name is a lookahead, not a `not` keyword: schemathesis cannot judge a `not` in a
             # body that holds files.
-            rule = _WHALE_ID.pattern.removeprefix("^")
+            rule = whale_id_pattern().removeprefix("^")
             schema["properties"][name] = {
                 "type": "string",
                 "pattern": f"^$|^(?!{NEW_WHALE}$){rule}",
@@ -244,11 +244,15 @@ def _complete_body(doc: dict[str, Any], op: dict[str, Any], settings: Any) -> No
 
 
 def _complete_parameters(op: dict[str, Any], service: Any) -> None:
-    """The scoring modes this bundle serves without a threshold (others are refused with 422)."""
-    if service is None:
-        return
+    """The scoring modes this bundle serves without a threshold (others are refused with 422); before a
+    bundle is loaded, every registered mode (:mod:`index.modes`)."""
+    from index import modes as registry
+
     for param in op.get("parameters", []):
         if param.get("name") == "scoring" and param.get("in") == "query":
+            if service is None:
+                param["schema"] = {"anyOf": [{"type": "string", "enum": registry.names()}, {"type": "null"}]}
+                continue
             modes = [m for m in service.available_modes() if m in service.manifest.thresholds]
             param["schema"] = {"type": "string", "enum": modes, "title": "Scoring"}
             param["description"] = (

@@ -11,10 +11,8 @@ from __future__ import annotations
 import csv
 import json
 
-import cv2
-import numpy as np
 import pytest
-from helpers import jpeg_bytes, tiny_bundle
+from helpers import jpeg_bytes, texture, tiny_bundle, view
 
 from index.fluke_check import FlukeChecker
 
@@ -22,30 +20,6 @@ pytest.importorskip("onnx")
 pytest.importorskip("fastapi")
 
 MODES = ("embedding", "local", "fused")
-
-
-def texture(seed: int, hw=(160, 320)) -> np.ndarray:
-    """A photo of random ellipses and lines (plenty of SIFT keypoints), ``(H, W, 3) uint8``."""
-    rng = np.random.default_rng(seed)
-    img = np.full((*hw, 3), rng.integers(60, 200, 3), np.uint8)
-    for _ in range(40):
-        c = tuple(int(v) for v in rng.integers(0, 256, 3))
-        centre = (int(rng.integers(0, hw[1])), int(rng.integers(0, hw[0])))
-        axes = (int(rng.integers(4, 30)), int(rng.integers(4, 20)))
-        cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360, c, -1)
-        p2 = (int(rng.integers(0, hw[1])), int(rng.integers(0, hw[0])))
-        cv2.line(img, centre, p2, c[::-1], int(rng.integers(1, 4)))
-    return img
-
-
-def view(img: np.ndarray, seed: int) -> np.ndarray:
-    """Another photo of the same pattern: shifted by a few pixels, brightness changed, noise added."""
-    rng = np.random.default_rng(1000 + seed)
-    dx, dy = (int(v) for v in rng.integers(-8, 9, 2))
-    m = np.float32([[1, 0, dx], [0, 1, dy]])
-    out = cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), borderMode=cv2.BORDER_REFLECT)
-    out = out.astype(np.float32) * rng.uniform(0.85, 1.15) + rng.normal(0, 4, out.shape)
-    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,9 @@ def test_build_gallery_calibrate_evaluate(synth_bundle):
         )
         m = load_manifest(bundle)
         assert m.thresholds[mode].value == pytest.approx(rep["saved_threshold"])
-        assert list(m.local_features.calibration) == pytest.approx(rep["calibration"])
+        # each mode saves its own coefficients: local's calibration, fused's fusion
+        saved = m.local_features.calibration if mode == "local" else m.local_features.fusion
+        assert list(saved) == pytest.approx(rep["params"]) and len(rep["params"]) == (3 if mode == "local" else 4)
     cmp = cli_json("compare-modes", bundle, "--images", data / "images", "--labels", data / "queries.csv")
     assert {"embedding", "local", "fused"} <= set(cmp)
     # synthetic flukes are views of one pattern: local matching finds most of them

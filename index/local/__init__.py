@@ -23,8 +23,12 @@ RANSAC verifies, instead of every photo of every candidate identity.
 
 :class:`LocalMatcher` compares a query with every stored photo of candidate identities of a
 :class:`index.gallery.Gallery` (per-identity maximum of inliers), with an LRU cache of decoded
-features; :func:`rank_local`, :func:`rank_fused` and :func:`rank_embedding` turn the evidence into
-the top-k of each scoring mode, as pure functions shared by the service and calibration.
+features (:mod:`index.local.matcher`); the scoring modes of :mod:`index.modes` turn its evidence into
+each mode's top-k.
+
+Modules: :mod:`~index.local.features` (extraction, blob codec), :mod:`~index.local.match` (one pair),
+:mod:`~index.local.calibration` (scores and their logistic fit), :mod:`~index.local.matcher` (a query
+against the gallery).
 
 Blob format (``encode``/``decode``; never pickle), little-endian::
 
@@ -34,7 +38,7 @@ Blob format (``encode``/``decode``; never pickle), little-endian::
 OpenCV's float SIFT descriptors are integers in 0..255 (saturated in OpenCV itself), so storing
 them as ``uint8`` is lossless: about 54 KB per photo with 400 keypoints.
 
-This module imports numpy, cv2 and core only (never torch or faiss).
+This package imports numpy, cv2 and core only (never torch; faiss only for the LNBNN index).
 """
 
 from index.local.calibration import (
@@ -49,7 +53,6 @@ from index.local.calibration import (
 from index.local.features import LocalFeatureExtractor, LocalFeatures, blob_crc, decode_features, encode_features
 from index.local.match import MatchResult, match, ratio_matches
 from index.local.matcher import IdentityMatch, LocalMatcher
-from index.local.rank import RankedIdentity, rank_embedding, rank_fused, rank_local
 
 __all__ = [
     "IdentityMatch",
@@ -58,7 +61,6 @@ __all__ = [
     "LocalFeatures",
     "LocalMatcher",
     "MatchResult",
-    "RankedIdentity",
     "blob_crc",
     "calibrate_from_pairs",
     "decode_features",
@@ -69,8 +71,5 @@ __all__ = [
     "local_score",
     "local_scores",
     "match",
-    "rank_embedding",
-    "rank_fused",
-    "rank_local",
     "ratio_matches",
 ]

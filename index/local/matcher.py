@@ -5,21 +5,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from core.errors import CorruptArtifactError
 from core.manifest import LocalFeatureSpec
 from index.local.features import LocalFeatures, blob_crc, decode_features
 from index.local.match import MatchResult, _no_match, match
-from index.local.rank import RankedIdentity, rank_fused, rank_local
 
 if TYPE_CHECKING:  # index.gallery imports faiss; this module must not need it
-    from index.gallery import Gallery, Hit
+    from index.gallery import Gallery
 
 log = logging.getLogger(__name__)
 
@@ -212,45 +209,3 @@ class LocalMatcher:
             return {}, {}
         votes = self.descriptors.votes(query.descriptors)
         return votes.identity_scores(), self.score_photos(query, votes.image_ids[: self.spec.verify_k].tolist())
-
-    def _answerable(self) -> dict[int, str]:
-        return {i: name for i, (name, flipped) in self.gallery.store.identity_names().items() if not flipped}
-
-    def rank_local(self, query: LocalFeatures, k: int = 5, explain: bool = False) -> list[RankedIdentity]:
-        """``local`` mode: LNBNN candidates verified by RANSAC (``matcher="lnbnn"``), or every
-        answerable identity matched photo by photo (``"brute_force"``, about 1 to 3 ms a gallery photo)."""
-        names = self._answerable()
-        if self.descriptors is None:
-            return rank_local(self.score_identities(query, names), names, self.spec.calibration, k, explain)
-        lnbnn, matches = self.lnbnn_candidates(query)
-        return rank_local(matches, names, self.spec.calibration, k, explain, lnbnn)
-
-    def rank_fused(
-        self,
-        query: LocalFeatures,
-        shortlist: Sequence[Hit],
-        k: int = 5,
-        explain: bool = False,
-        embedding: np.ndarray | None = None,
-    ) -> list[RankedIdentity]:
-        """``fused`` mode: re-rank the embedding shortlist (``gallery.search(embedding, spec.shortlist_k)``).
-
-        With ``matcher="lnbnn"`` the identities of the verified LNBNN candidates join the shortlist
-        (their cosine computed from ``embedding``, the query's ``(d,) float32`` embedding), so a weak
-        embedding cannot hide the true whale; the shortlist's own photos are verified only where
-        LNBNN voted for them. With ``"brute_force"`` every photo of the shortlist is verified.
-        """
-        if self.descriptors is None:
-            matches = self.score_identities(query, [h.identity_id for h in shortlist])
-            return rank_fused(shortlist, matches, self.spec.fusion, self.spec.calibration, k, explain)
-        lnbnn, matches = self.lnbnn_candidates(query)
-        hits = list(shortlist)
-        have = {h.identity_id for h in hits}
-        extra = [i for i in matches if i not in have]
-        if extra and embedding is not None:
-            from index.gallery import Hit
-
-            names = self._answerable()
-            cosines = self.gallery.similarities(embedding, extra)
-            hits += [Hit(names[i], cosines[i], i) for i in extra if i in names and i in cosines]
-        return rank_fused(hits, matches, self.spec.fusion, self.spec.calibration, k, explain, lnbnn)

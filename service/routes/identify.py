@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from core.errors import InvalidRequestError
+from core.manifest import ScoringModeName
 from service.deps import Service
 from service.schemas import ERRORS, IdentifyResponse
 from service.uploads import UploadRoute
@@ -29,7 +30,7 @@ async def identify(
         Query(ge=-1.0, le=1.0, description="new_whale threshold (default: the bundle's for the scoring mode)."),
     ] = None,
     scoring: Annotated[
-        Literal["embedding", "local", "fused"] | None, Query(description="Scoring mode (default: the bundle's).")
+        ScoringModeName | None, Query(description="Scoring mode (default: the bundle's; GET /ready lists them).")
     ] = None,
     explain: Annotated[bool, Query(description="Include matched keypoint pairs (local and fused modes).")] = False,
 ) -> dict:

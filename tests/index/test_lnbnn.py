@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from test_local import QUERY, WARP, WARPED, texture, water
 
 from core.manifest import LocalFeatureSpec
+from index import modes
 from index.gallery import Gallery
 from index.lnbnn import ID_SHIFT, DescriptorIndex, auto_factory, lnbnn_votes, rootsift
 from index.local import (
@@ -156,6 +158,14 @@ def test_ivf_pq_factory_trains_once_it_can_and_removes_by_id_range(six_whales):
         DescriptorIndex(g.store, _decode, "IVF8,NotAnIndex")
 
 
+def _rank(mode, gallery, matcher, query, shortlist=(), k=5, explain=False, embedding=None):
+    """A scoring mode's ranking through the registry, as the service runs it."""
+    manifest = SimpleNamespace(local_features=matcher.spec)
+    m = modes.get(mode)
+    ev = modes.gather(gallery, shortlist, embedding, matcher, query, m.match_scope(manifest))
+    return modes.rank(m, ev, manifest, k, explain)
+
+
 def test_lnbnn_and_brute_force_rank_the_same(six_whales):
     """The brute-force matcher is the reference: with verification of only the 2 best-voted photos
     (of 6), LNBNN names the same whale first, with the same inliers and evidence."""
@@ -164,15 +174,15 @@ def test_lnbnn_and_brute_force_rank_the_same(six_whales):
     brute = LocalMatcher(g, BRUTE)
     for pixels, truth in ((QUERY, "W3"), (texture(300, 480, seed=12), "W5")):
         query = extractor.extract(pixels)
-        want = brute.rank_local(query, k=5, explain=True)
-        got = lnbnn.rank_local(query, k=5, explain=True)
+        want = _rank("local", g, brute, query, explain=True)
+        got = _rank("local", g, lnbnn, query, explain=True)
         assert want[0].whale_id == got[0].whale_id == truth
         assert got[0].inliers == want[0].inliers and got[0].image_id == want[0].image_id
         np.testing.assert_array_equal(got[0].pairs, want[0].pairs)
         assert got[0].lnbnn > 0 and want[0].lnbnn is None
         assert all(e.inliers <= 8 for e in got[1:])  # nobody else matches
     # the evidence of the warped copy: gallery point = WARP(query point)
-    pairs = lnbnn.rank_local(extractor.extract(QUERY), k=1, explain=True)[0].pairs
+    pairs = _rank("local", g, lnbnn, extractor.extract(QUERY), k=1, explain=True)[0].pairs
     predicted = pairs[:, 0] @ WARP[:, :2].T + WARP[:, 2]
     assert np.median(np.linalg.norm(predicted - pairs[:, 1], axis=1)) < 1.5
 
@@ -184,9 +194,9 @@ def test_fused_joins_lnbnn_candidates_to_a_shortlist_that_missed_the_whale(six_w
     embedding = np.array([0.0, 1.0, 0.0, 0.0], np.float32)  # nearest to W1 and W5, orthogonal to W3
     [shortlist] = g.search(embedding, k=2)
     assert w3 not in [h.identity_id for h in shortlist]
-    brute = LocalMatcher(g, BRUTE).rank_fused(query, shortlist, k=5)
+    brute = _rank("fused", g, LocalMatcher(g, BRUTE), query, shortlist)
     assert "W3" not in [e.whale_id for e in brute]  # the weak shortlist hides the whale
-    fused = LocalMatcher(g, SPEC).rank_fused(query, shortlist, k=5, embedding=embedding)
+    fused = _rank("fused", g, LocalMatcher(g, SPEC), query, shortlist, embedding=embedding)
     assert fused[0].whale_id == "W3" and fused[0].inliers >= 60
     # its cosine is the centroid's, as the embedding search would have scored it
     assert fused[0].cosine == pytest.approx(g.similarities(embedding, [w3])[w3], abs=1e-6)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 from core.errors import CorruptArtifactError
 from core.manifest import LocalFeatureSpec
+from index import modes
 from index.gallery import Gallery
 from index.local import (
     LocalCalibration,
@@ -30,9 +32,6 @@ from index.local import (
     local_score,
     local_scores,
     match,
-    rank_embedding,
-    rank_fused,
-    rank_local,
 )
 from index.store import NewImage
 
@@ -238,12 +237,21 @@ def gallery(tmp_path, extractor):
 BRUTE = SPEC.model_copy(update={"matcher": "brute_force"})
 
 
+def _rank(mode, gallery, matcher, query, shortlist, spec, k=5, explain=False, embedding=None):
+    """A scoring mode's ranking through the registry, as the service runs it (only the manifest's
+    local-feature section is read by the built-in modes)."""
+    manifest = SimpleNamespace(local_features=spec)
+    m = modes.get(mode)
+    ev = modes.gather(gallery, shortlist, embedding, matcher, query, m.match_scope(manifest))
+    return modes.rank(m, ev, manifest, k, explain)
+
+
 def test_rank_fused_and_local_put_the_matching_photo_first(gallery, query):
     [shortlist] = gallery.search(E[0], k=SPEC.shortlist_k)
     assert [h.whale_id for h in shortlist] == ["A", "B", "C"]  # the embedding prefers A
-    assert [e.whale_id for e in rank_embedding(shortlist)] == ["A", "B", "C"]
+    assert [e.whale_id for e in _rank("embedding", gallery, None, None, shortlist, BRUTE)] == ["A", "B", "C"]
     matcher = LocalMatcher(gallery, BRUTE)
-    fused = matcher.rank_fused(query, shortlist, k=5, explain=True)
+    fused = _rank("fused", gallery, matcher, query, shortlist, BRUTE, explain=True)
     assert [e.whale_id for e in fused][0] == "B"
     b = fused[0]
     assert b.inliers >= 60 and b.cosine == pytest.approx(1 / math.sqrt(2), abs=1e-6)
@@ -257,7 +265,7 @@ def test_rank_fused_and_local_put_the_matching_photo_first(gallery, query):
     assert all(e.inliers <= 8 for e in fused[1:])
     assert [e.score for e in fused] == sorted((e.score for e in fused), reverse=True)
 
-    local = matcher.rank_local(query, k=5)
+    local = _rank("local", gallery, matcher, query, shortlist, BRUTE)
     assert [e.whale_id for e in local][0] == "B" and local[0].pairs is None
     assert local[0].score == local[0].local_score and local[0].cosine is None
     info = matcher.cache_info()
@@ -270,13 +278,16 @@ def test_pure_rankers_with_hand_set_coefficients(gallery, query):
     matches = matcher.score_identities(query, [h.identity_id for h in shortlist])
     c_id = gallery.store.identity_id("C")
     assert matches[c_id].photos == 2  # C was compared through both photos
-    # embedding only: the fusion reduces to the embedding ranking
-    assert [e.whale_id for e in rank_fused(shortlist, matches, (10.0, 0.0, 0.0))] == ["A", "B", "C"]
-    # a local weight of 0 would keep A; with the default 1 B wins
-    assert [e.whale_id for e in rank_fused(shortlist, matches, (4.0, 1.0, -5.0))][0] == "B"
+    manifest = SimpleNamespace(local_features=SPEC)
     names = {h.identity_id: h.whale_id for h in shortlist}
+    ev = modes.Evidence(names, shortlist, matches)
+    # embedding only: the fusion reduces to the embedding ranking
+    assert [e.whale_id for e in modes.rank("fused", ev, manifest, params=(10.0, 0.0, 0.0))] == ["A", "B", "C"]
+    # a local weight of 0 would keep A; with the default 1 B wins
+    assert [e.whale_id for e in modes.rank("fused", ev, manifest, params=(4.0, 1.0, -5.0))][0] == "B"
     del names[c_id]  # an identity that may not be answered is skipped
-    assert [e.whale_id for e in rank_local(matches, names, (1.0, -3.0), k=5)] == ["B", "A"]
+    ev = modes.Evidence(names, shortlist, matches)
+    assert [e.whale_id for e in modes.rank("local", ev, manifest, params=(1.0, -3.0))] == ["B", "A"]
 
 
 class _FakeStore:
