@@ -50,7 +50,7 @@ async def list_whales(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     q: Annotated[str, Query(max_length=64, description="Whale id prefix.")] = "",
 ) -> dict:
-    store = service.gallery.store
+    store = service.store
     rows = await to_thread.run_sync(store.list_identities, offset, limit, q)
     total = await to_thread.run_sync(store.count_matching, q)
     return {
@@ -63,7 +63,7 @@ async def list_whales(
 
 @router.get("/{whale_id}", response_model=WhaleDetail, responses={404: ERRORS[404]}, summary="A whale's photos")
 async def whale(service: Service, whale_id: str, request: Request) -> dict:
-    images = await to_thread.run_sync(service.gallery.store.images_of, whale_id)
+    images = await to_thread.run_sync(service.store.images_of, whale_id)
     return {
         "whale_id": whale_id,
         "images": [
@@ -93,7 +93,7 @@ async def thumbnail(service: Service, whale_id: str, image_id: ImageId, request:
     """JPEG thumbnail (longest side `WHALEID_THUMBNAIL_PX`), cacheable: image ids are never reused."""
     from core.errors import UnknownImageError
 
-    store = service.gallery.store
+    store = service.store
     owner = await to_thread.run_sync(store.image_owner, image_id)
     if owner != whale_id:
         raise UnknownImageError(whale_id, image_id)

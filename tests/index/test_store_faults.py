@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from core.errors import InsufficientStorageError, StorageError, StoreBusyError
-from index.store import GalleryStore, NewImage, storage_error
+from index.store import NewImage, SQLiteGalleryStore, storage_error
 
 
 def _img(seed: int, dim: int = 4) -> NewImage:
@@ -38,7 +38,7 @@ def hold_write_lock(path, seconds: float) -> subprocess.Popen:
 
 
 def test_a_change_waits_for_another_process_then_fails_busy_and_reads_go_on(tmp_path):
-    store = GalleryStore(tmp_path / "g.sqlite", dim=4, busy_timeout_s=0.8)
+    store = SQLiteGalleryStore(tmp_path / "g.sqlite", dim=4, busy_timeout_s=0.8)
     store.add_images("w1", [_img(1)])
     holder = hold_write_lock(store.path, 4.0)
     try:
@@ -75,7 +75,7 @@ def test_a_change_waits_for_another_process_then_fails_busy_and_reads_go_on(tmp_
 
 
 def test_a_change_that_outlasts_the_lock_succeeds(tmp_path):
-    store = GalleryStore(tmp_path / "g.sqlite", dim=4, busy_timeout_s=5.0)
+    store = SQLiteGalleryStore(tmp_path / "g.sqlite", dim=4, busy_timeout_s=5.0)
     holder = hold_write_lock(store.path, 1.0)
     t0 = time.perf_counter()
     out = store.add_images("w1", [_img(1)])

@@ -1,0 +1,67 @@
+"""The gallery store: the source of truth for identities, photos, embeddings and local features.
+
+:class:`GalleryStore` is the interface (:mod:`index.store.base`, with the guarantees every backend
+gives); :class:`SQLiteGalleryStore` (:mod:`index.store.sqlite`) the default backend. Open one with
+:func:`open_store`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from index.store.base import (
+    FLIP_SUFFIX,
+    NEW_WHALE,
+    AddOutcome,
+    GalleryStore,
+    IdentityRecord,
+    ImageRecord,
+    NewImage,
+    flipped_id,
+    is_flipped,
+    validate_whale_id,
+    whale_id_pattern,
+)
+from index.store.sqlite import SCHEMA_VERSION, SQLiteGalleryStore
+from index.store.sqlite_errors import storage_error
+
+
+def open_store(
+    path: str | Path,
+    dim: int,
+    model_sha256: str | None = None,
+    durable: bool = True,
+    busy_timeout_s: float = 5.0,
+) -> GalleryStore:
+    """Open (or create) the gallery store at ``path``: an SQLite file.
+
+    Args:
+        path: the store's location.
+        dim: embedding dimension (checked against the one recorded).
+        model_sha256: the model's checksum (checked against the one recorded, when given).
+        durable: fsync every commit; False only for throw-away galleries.
+        busy_timeout_s: seconds a change waits for another writer.
+
+    Raises:
+        CorruptArtifactError, ManifestMismatchError, StorageError: see :class:`SQLiteGalleryStore`.
+    """
+    return SQLiteGalleryStore(path, dim, model_sha256, durable, busy_timeout_s)
+
+
+__all__ = [
+    "FLIP_SUFFIX",
+    "NEW_WHALE",
+    "SCHEMA_VERSION",
+    "AddOutcome",
+    "GalleryStore",
+    "IdentityRecord",
+    "ImageRecord",
+    "NewImage",
+    "SQLiteGalleryStore",
+    "flipped_id",
+    "is_flipped",
+    "open_store",
+    "storage_error",
+    "validate_whale_id",
+    "whale_id_pattern",
+]

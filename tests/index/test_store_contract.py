@@ -1,0 +1,163 @@
+"""The gallery store's contract (:class:`index.store.GalleryStore`), run against every backend.
+
+A new backend adds one entry to ``BACKENDS`` (a factory opening a store at a fresh location and
+reopening it) and must pass this whole suite. Backend-specific faults (SQLite's write lock, its error
+codes) are tested beside the backend (``test_store_faults.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.errors import UnknownIdentityError, UnknownImageError
+from index.store import GalleryStore, NewImage, flipped_id, open_store
+
+DIM = 4
+
+
+def _sqlite(folder, **kw):
+    return open_store(folder / "g.sqlite", DIM, **kw)
+
+
+BACKENDS = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request, tmp_path):
+    """``open(**kw)`` opens the same store again (a second handle, as another replica or a restart)."""
+    opened = []
+
+    def open_(**kw):
+        s = BACKENDS[request.param](tmp_path, **kw)
+        opened.append(s)
+        return s
+
+    yield open_
+    for s in opened:
+        s.close()
+
+
+def img(sha: str, vec, **kw) -> NewImage:
+    v = np.asarray(vec, np.float32)
+    return NewImage(sha, v / np.linalg.norm(v), **kw)
+
+
+E = np.eye(DIM, dtype=np.float32)
+
+
+def test_is_a_gallery_store(backend):
+    store = backend()
+    assert isinstance(store, GalleryStore) and store.dim == DIM and store.last_change is None
+
+
+def test_add_skips_duplicates_and_raises_the_generation(backend):
+    store = backend()
+    g0 = store.generation
+    out = store.add_images("W1", [img("a", E[0], source="a.jpg", box_xyxy_px=[1, 2, 3, 4]), img("b", E[1])])
+    assert store.generation > g0 and len(out.added_ids) == 2 and out.added_positions == [0, 1]
+    again = store.add_images("W1", [img("b", E[1]), img("c", E[2])])
+    assert again.identity_id == out.identity_id and len(again.added_ids) == 1 and again.added_positions == [1]
+    assert again.duplicate_ids == [out.added_ids[1]]
+    recs = store.images_of("W1")
+    assert [r.sha256 for r in recs] == ["a", "b", "c"] and recs[0].source == "a.jpg"
+    assert recs[0].box_xyxy_px == [1, 2, 3, 4] and not recs[0].has_thumbnail
+    ids, embs = store.embeddings_with_ids(out.identity_id)
+    np.testing.assert_allclose(embs, E[:3], atol=1e-7)
+    assert ids.tolist() == [r.image_id for r in recs] and ids.dtype == np.int64 and embs.dtype == np.float32
+
+
+def test_a_second_handle_sees_every_change_and_ids_are_never_reused(backend):
+    a = backend()
+    first = a.add_images("W1", [img("a", E[0]), img("b", E[1])])
+    b = backend()  # another process or replica on the same store
+    assert b.images_of("W1")[0].sha256 == "a" and b.generation == a.generation
+    a.remove_image("W1", first.added_ids[1])
+    assert [r.sha256 for r in b.images_of("W1")] == ["a"]
+    later = a.add_images("W2", [img("c", E[2])])
+    assert later.added_ids[0] > max(first.added_ids)  # the deleted id does not come back
+    ident_w1 = a.identity_id("W1")
+    a.remove_identity("W1")
+    assert not b.has_identity("W1")
+    assert a.add_images("W1", [img("a", E[0])]).identity_id > max(ident_w1, later.identity_id)
+
+
+def test_groups_are_stored_together_with_their_mirror(backend):
+    store = backend()
+    out = store.add_image_groups([("W1", [img("a", E[0])], False), (flipped_id("W1"), [img("a", E[3])], True)])
+    assert len(out) == 2 and store.identity_names()[out[1].identity_id] == (flipped_id("W1"), True)
+    assert store.count_identities() == 1 and store.count_identities(include_flipped=True) == 2
+    assert store.count_images() == 1 and store.count_images(include_flipped=True) == 2
+    assert store.photos_with_sha256("a") == [("W1", out[0].added_ids[0])]  # never the mirror
+    assert store.stored_photos() == {("W1", "a")}
+    # removing the whale removes its mirror too
+    assert sorted(store.remove_identity("W1")) == sorted(o.identity_id for o in out)
+    assert store.count_identities(include_flipped=True) == 0
+
+
+def test_remove_image_deletes_an_emptied_identity_and_names_unknowns(backend):
+    store = backend()
+    out = store.add_images("W1", [img("a", E[0])])
+    with pytest.raises(UnknownImageError):
+        store.remove_image("W1", out.added_ids[0] + 100)
+    with pytest.raises(UnknownIdentityError):
+        store.remove_image("nobody", out.added_ids[0])
+    ident, sha, deleted = store.remove_image("W1", out.added_ids[0])
+    assert (ident, sha, deleted) == (out.identity_id, "a", True) and not store.has_identity("W1")
+    with pytest.raises(UnknownIdentityError):
+        store.images_of("W1")
+    with pytest.raises(UnknownIdentityError):
+        store.remove_identity("W1")
+
+
+def test_listing_paging_and_auto_ids(backend):
+    store = backend()
+    for w in ("b-2", "a-1", "b-1", "c"):
+        store.add_images(w, [img(w, E[0])])
+    store.add_images(flipped_id("a-1"), [img("m", E[1])], flipped=True)
+    page = store.list_identities(offset=1, limit=2)
+    assert [r.whale_id for r in page] == ["b-1", "b-2"] and all(r.n_images == 1 for r in page)
+    assert [r.whale_id for r in store.list_identities(prefix="b-")] == ["b-1", "b-2"]
+    assert store.count_matching("b-") == 2 and store.count_matching() == 4
+    first = store.next_auto_whale_id()
+    store.add_images(first, [img("x", E[2])])
+    assert first == "whale-00001" and store.next_auto_whale_id() == "whale-00002"
+
+
+def test_snapshot_and_embeddings_agree(backend):
+    store = backend()
+    a = store.add_images("W1", [img("a", E[0]), img("b", E[1])])
+    b = store.add_images("W2", [img("c", E[2])])
+    gen, names, image_ids, identity_ids, embs = store.snapshot()
+    assert gen == store.generation and names == store.identity_names()
+    assert image_ids.tolist() == [*a.added_ids, *b.added_ids]
+    assert identity_ids.tolist() == [a.identity_id, a.identity_id, b.identity_id]
+    np.testing.assert_allclose(embs, E[:3], atol=1e-7)
+    sel = store.all_embeddings_of_images([b.added_ids[0], a.added_ids[0]])
+    assert sel[0].tolist() == [b.added_ids[0], a.added_ids[0]]
+    assert store.image_ids_of(a.identity_id) == set(a.added_ids)
+    assert store.embeddings_of(b.identity_id).shape == (1, DIM)
+    assert store.image_owner(b.added_ids[0]) == "W2" and store.image_sha256(b.added_ids[0]) == "c"
+
+
+def test_blobs_and_local_features(backend):
+    store = backend()
+    out = store.add_images("W1", [img("a", E[0], thumbnail=b"JPEG", local_features=b"WLF1xyz"), img("b", E[1])])
+    a, b = out.added_ids
+    assert store.image_blob(a, "thumbnail") == b"JPEG" and store.image_blob(b, "thumbnail") is None
+    assert store.image_blob(a, "local_features") == b"WLF1xyz"
+    assert store.images_of("W1")[0].has_thumbnail
+    both = [(a, out.identity_id, b"WLF1xyz"), (b, out.identity_id, None)]
+    assert sorted(store.local_features_of([out.identity_id])) == both
+    assert store.local_feature_owners() == {a: out.identity_id}
+    assert sorted(store.local_features_of_images([b, a, 999])) == both  # the unknown id is skipped
+
+
+def test_model_and_dimension_are_recorded(backend):
+    from core.errors import ManifestMismatchError
+
+    store = backend(model_sha256="m1")
+    store.add_images("W1", [img("a", E[0])])
+    assert store.meta("dim") == str(DIM) and store.meta("model_sha256") == "m1"
+    with pytest.raises(ManifestMismatchError):
+        backend(model_sha256="m2")
