@@ -19,11 +19,14 @@ from index.embedder import PhotoEmbedder
 from index.gallery import Gallery, Hit
 from index.labels import Split
 from index.ranking import (
+    DEFAULT_NEW_WHALE_SHARE,
     NEW_WHALE,
     choose_threshold_max_map5,
     choose_threshold_share,
     insert_new_whale,
     map5_at_thresholds,
+    map_at_k,
+    top1_accuracy,
 )
 
 K = 5
@@ -67,7 +70,7 @@ def evaluate_rankings(
     hits: Sequence[Sequence[Hit]],
     truths: Sequence[str],
     gallery_identities: int,
-    new_whale_share: float = 0.276,
+    new_whale_share: float = DEFAULT_NEW_WHALE_SHARE,
     rule: str = "max_map5",
     fixed_threshold: float | None = None,
 ) -> tuple[EvalReport, list[list[tuple[str, float]]]]:
@@ -100,10 +103,7 @@ def evaluate_rankings(
     else:
         threshold, used_rule = (t_max, "max_map5") if rule == "max_map5" else (t_share, "new_whale_share")
     final = [insert_new_whale([(h.whale_id, h.score) for h in row], threshold, K) for row in hits]
-    ap = []
-    for pred, t in zip(final, truths, strict=True):
-        labels = [w for w, _ in pred]
-        ap.append(1.0 / (labels.index(t) + 1) if t in labels else 0.0)
+    labels = [[w for w, _ in pred] for pred in final]
     known = ~is_new
     report = EvalReport(
         queries=len(truths),
@@ -119,8 +119,8 @@ def evaluate_rankings(
         new_whale_share_target=float(new_whale_share),
         threshold=threshold,
         threshold_rule=used_rule,
-        map5=float(np.mean(ap)) if ap else 0.0,
-        top1=float(np.mean([bool(p) and p[0][0] == t for p, t in zip(final, truths, strict=True)])) if truths else 0.0,
+        map5=float(map_at_k(labels, truths, K)) if truths else 0.0,
+        top1=float(top1_accuracy(labels, truths)) if truths else 0.0,
     )
     return report, final
 
@@ -129,7 +129,7 @@ def evaluate_gallery(
     gallery: Gallery,
     query_embeddings: np.ndarray,
     truths: Sequence[str],
-    new_whale_share: float = 0.276,
+    new_whale_share: float = DEFAULT_NEW_WHALE_SHARE,
     rule: str = "max_map5",
     fixed_threshold: float | None = None,
 ):
@@ -143,7 +143,7 @@ def evaluate_embedder(
     images_dir: str,
     split: Split,
     flipped: bool,
-    new_whale_share: float = 0.276,
+    new_whale_share: float = DEFAULT_NEW_WHALE_SHARE,
     rule: str = "max_map5",
     fixed_threshold: float | None = None,
     progress: bool = True,

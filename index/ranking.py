@@ -7,6 +7,10 @@
   competition did.
 * :func:`map5_at_thresholds`, :func:`choose_threshold_max_map5` and
   :func:`choose_threshold_share` choose that threshold on a validation set.
+* :func:`average_precision_at_k`, :func:`map_at_k` and :func:`top1_accuracy` score final rankings: the
+  project's one definition of MAP@5 (Kaggle's: at most ``k`` predictions count, the precision at the
+  rank of the first correct label, 0 without one; a label predicted twice counts once; ``new_whale``
+  is an ordinary label).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 NEW_WHALE = "new_whale"
+#: Share of new_whale among the Kaggle 2019 test photos (about 0.276): the default target of the
+#: ``new_whale_share`` threshold rule.
+DEFAULT_NEW_WHALE_SHARE = 0.276
 
 Ranked = list[tuple[str, float]]
 
@@ -144,3 +151,48 @@ def choose_threshold_share(top1_scores: np.ndarray, share: float) -> float:
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"share must be in [0, 1], got {share}")
     return float(np.quantile(np.asarray(top1_scores, dtype=np.float64), share))
+
+
+# --- MAP@5, exactly as Kaggle scored the Humpback Whale Identification competition ----------------
+
+
+def average_precision_at_k(predicted: Sequence[str], truth: str, k: int = 5) -> float:
+    """Kaggle's AP@k for one image with one true label.
+
+    Args:
+        predicted: labels, best first (any length; only the first ``k`` count).
+        truth: the true label (may be ``"new_whale"``).
+        k: cut-off.
+
+    Returns:
+        ``1 / rank`` of the first correct label within the first ``k``, else 0.0.
+    """
+    for i, label in enumerate(list(predicted)[:k]):
+        if label == truth:
+            return 1.0 / (i + 1)
+    return 0.0
+
+
+def map_at_k(predictions: Sequence[Sequence[str]], truths: Sequence[str], k: int = 5) -> float:
+    """Mean of :func:`average_precision_at_k` over images.
+
+    Args:
+        predictions: one ranked label list per image.
+        truths: one true label per image, same order.
+        k: cut-off (5 for MAP@5).
+
+    Raises:
+        ValueError: when the two sequences differ in length or are empty.
+    """
+    if len(predictions) != len(truths):
+        raise ValueError(f"{len(predictions)} prediction lists for {len(truths)} truths")
+    if not truths:
+        raise ValueError("map_at_k needs at least one image")
+    return sum(average_precision_at_k(p, t, k) for p, t in zip(predictions, truths, strict=True)) / len(truths)
+
+
+def top1_accuracy(predictions: Sequence[Sequence[str]], truths: Sequence[str]) -> float:
+    """Share of images whose first prediction is the true label."""
+    if len(predictions) != len(truths) or not truths:
+        raise ValueError("top1_accuracy needs equally long, non-empty sequences")
+    return sum(bool(p) and p[0] == t for p, t in zip(predictions, truths, strict=True)) / len(truths)

@@ -22,13 +22,12 @@ import numpy as np
 from anyio import to_thread
 
 from core.errors import WhaleidError
-from core.manifest import Manifest, ScoringMode, load_manifest
+from core.manifest import Manifest
 from core.preprocess import DecodeLimits
 from index.build import make_thumbnail
-from index.embedder import PhotoEmbedder, load_embedder_model
-from index.gallery import Gallery
-from index.identify import Identifier, PreparedPhoto
-from index.store import NewImage
+from index.bundle import open_bundle
+from index.identify import PreparedPhoto
+from index.store import GalleryStore, NewImage
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.metrics import Metrics
@@ -66,23 +65,25 @@ class WhaleService:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.bundle = Path(settings.bundle)
-        self.manifest: Manifest = load_manifest(self.bundle)
+        opened = open_bundle(
+            self.bundle,
+            settings.gallery_dir,
+            providers=settings.providers,
+            intra_op_threads=settings.intra_op_threads,
+            busy_timeout_s=settings.busy_timeout_s,
+        )
+        self.manifest: Manifest = opened.manifest
         m = self.manifest
-        self.model = load_embedder_model(self.bundle, m, settings.providers, settings.intra_op_threads)
-        self.detector = None
-        if m.detector is not None:
-            from index.detector import OnnxBoxDetector
-
-            self.detector = OnnxBoxDetector.from_bundle(self.bundle, m, settings.providers)
-        self.embedder = PhotoEmbedder(self.model, m.preprocess, m.tta, self.detector)
-        self.gallery_dir = Path(settings.gallery_dir) if settings.gallery_dir else self.bundle / m.gallery.folder
-        self.gallery = Gallery.for_manifest(self.gallery_dir, m)
+        self.embedder, self.model, self.detector = opened.embedder, opened.model, opened.embedder.detector
+        self.gallery_dir, self.gallery = opened.gallery_dir, opened.gallery
+        #: the catalogue's store, through its interface (the routes read photos and identities from it)
+        self.store: GalleryStore = opened.gallery.store
         self.limits = DecodeLimits(
             settings.max_upload_bytes, settings.max_image_pixels, "WHALEID_MAX_UPLOAD_BYTES", "WHALEID_MAX_IMAGE_PIXELS"
         )
         self.metrics = Metrics()
-        self.identifier = Identifier.for_bundle(m, self.gallery, self.embedder, self.limits, settings.scoring)
-        self.scoring: ScoringMode = self.identifier.scoring
+        self.identifier = opened.identifier(self.limits, settings.scoring)
+        self.scoring: str = self.identifier.scoring
         self.local, self.matcher = self.identifier.local, self.identifier.matcher
         h, w = m.preprocess.input_size
         self.batcher = MicroBatcher(
@@ -122,7 +123,7 @@ class WhaleService:
 
     def update_gauges(self) -> None:
         self.metrics.gallery_identities.set(len(self.gallery))
-        self.metrics.gallery_images.set(self.gallery.store.count_images())
+        self.metrics.gallery_images.set(self.store.count_images())
 
     def ready_info(self) -> dict:
         m = self.manifest
@@ -133,7 +134,7 @@ class WhaleService:
             "embedding_dim": m.model.embedding_dim,
             "input_size": list(m.preprocess.input_size),
             "gallery_size": len(self.gallery),
-            "gallery_images": self.gallery.store.count_images(),
+            "gallery_images": self.store.count_images(),
             "gallery_factory": m.gallery.factory,
             "providers": self.model.providers,
             "gpu": self.gpu,
@@ -170,7 +171,7 @@ class WhaleService:
         data: bytes,
         k: int = 5,
         threshold: float | None = None,
-        scoring: ScoringMode | None = None,
+        scoring: str | None = None,
         explain: bool = False,
     ) -> dict:
         """Identify one photo: top-``k`` identities with new_whale placed by the threshold
@@ -224,7 +225,7 @@ class WhaleService:
             new.append(NewImage(sha, emb, name or None, prep.boxes[0].tolist(), thumb, feats))
             if flipped:
                 mirror.append(NewImage(sha, femb, name or None))
-        wid = whale_id or await to_thread.run_sync(self.gallery.store.next_auto_whale_id)
+        wid = whale_id or await to_thread.run_sync(self.store.next_auto_whale_id)
         res = await to_thread.run_sync(self.gallery.add, wid, new, mirror or None)
         self.changed()
         others = await to_thread.run_sync(self._other_owners, wid, [img.sha256 for img in new])
@@ -240,7 +241,7 @@ class WhaleService:
 
     def _other_owners(self, whale_id: str, sha256s: list[str]) -> list[str]:
         """Whales other than ``whale_id`` holding a photo with one of these checksums, sorted."""
-        store = self.gallery.store
+        store = self.store
         return sorted({w for sha in set(sha256s) for w, _ in store.photos_with_sha256(sha) if w != whale_id})
 
     def _extras(self, prep: PreparedPhoto) -> tuple[bytes, bytes | None]:

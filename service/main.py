@@ -43,7 +43,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         t0 = time.perf_counter()
         service = WhaleService(settings)
-        service.gallery.store.busy_timeout_s = settings.busy_timeout_s  # WHALEID_BUSY_TIMEOUT_S
         await service.start()
         app.state.service = service
         log.info(
@@ -125,11 +124,16 @@ def _count_rejection(app: FastAPI, path: str) -> None:
         service.metrics.rejected_uploads.labels(path).inc()
 
 
-def run(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve with uvicorn (one process: the model, the gallery and the micro-batcher are shared)."""
+def run(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None) -> None:
+    """Serve with uvicorn (one process: the model, the gallery and the micro-batcher are shared).
+
+    Args:
+        host, port: where to listen.
+        settings: the service's settings (default: read from the ``WHALEID_*`` environment).
+    """
     import uvicorn
 
-    settings = Settings()
+    settings = settings or Settings()
     app = create_app(settings)
     # http_protocol(): uvicorn's own, with a JSON 400 for requests its parser refuses (service/server.py)
     uvicorn.run(

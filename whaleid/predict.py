@@ -29,10 +29,9 @@ from tqdm import tqdm
 
 from core.errors import InputImageError
 from core.fileio import atomic_write_text
-from core.manifest import load_manifest
 from index.build import FOLDER_LIMITS
+from index.bundle import open_bundle
 from index.gallery import Gallery
-from index.identify import Identifier
 from index.ranking import NEW_WHALE
 
 log = logging.getLogger(__name__)
@@ -140,17 +139,15 @@ def predict_folder(
         InvalidRequestError: a scoring mode the bundle lacks, or one without a threshold.
         LabelsError: an unreadable labels file (before any photo is embedded).
     """
-    from whaleid.workflows import bundle_embedder, gallery_folder
-
-    manifest = load_manifest(bundle)
     out_csv = Path(out_csv)
     log_path = Path(log_path) if log_path else out_csv.with_suffix(".jsonl")
     names = list_photos(images)
     truth = None
-    gallery = Gallery.for_manifest(gallery_folder(bundle, manifest, gallery_dir), manifest)
+    opened = open_bundle(bundle, gallery_dir)
+    manifest, gallery = opened.manifest, opened.gallery
     identifier = None
     try:
-        identifier = Identifier.for_bundle(manifest, gallery, bundle_embedder(bundle, manifest), FOLDER_LIMITS, scoring)
+        identifier = opened.identifier(FOLDER_LIMITS, scoring)
         mode, thr = identifier.resolve(scoring, threshold)
         used = {"scoring": mode, "threshold": thr, "model_version": manifest.model_version}
         if labels is not None:
@@ -243,15 +240,13 @@ def pseudo_label(
     Raises:
         InvalidRequestError: a scoring mode the bundle lacks.
     """
-    from whaleid.workflows import bundle_embedder, gallery_folder
-
-    manifest = load_manifest(bundle)
-    gallery = Gallery.for_manifest(gallery_folder(bundle, manifest), manifest)
+    opened = open_bundle(bundle)
+    gallery = opened.gallery
     identifier = None
     rows = []
     names = list_photos(images)
     try:
-        identifier = Identifier.for_bundle(manifest, gallery, bundle_embedder(bundle, manifest), FOLDER_LIMITS, scoring)
+        identifier = opened.identifier(FOLDER_LIMITS, scoring)
         mode, _ = identifier.resolve(scoring, min_confidence)
         for name in tqdm(names, desc="pseudo-label", unit="photo", disable=not progress):
             try:
@@ -280,6 +275,6 @@ def pseudo_label(
         "labelled": len(rows),
         "min_confidence": min_confidence,
         "scoring": mode,
-        "model_version": manifest.model_version,
+        "model_version": opened.manifest.model_version,
         "out": str(out_csv),
     }

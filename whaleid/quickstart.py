@@ -262,10 +262,8 @@ def quickstart(
     _step(5, f"serve on http://{host}:{port} (Ctrl-C stops)")
     typer.echo(curl_examples(host, port, *examples))
     if serve:
-        import os
-
-        os.environ["WHALEID_BUNDLE"] = str(bundle)
+        from service.config import Settings
         from service.main import run
 
-        run(host=host, port=port)
+        run(host=host, port=port, settings=Settings(bundle=bundle))
     return bundle
