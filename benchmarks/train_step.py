@@ -96,11 +96,11 @@ def label_of(hw: tuple[int, int], known: list[tuple[str, tuple[int, int]]]) -> s
 def measure(cfg, hw, batch: int, classes: int, device, channels_last: bool, amp: bool, warmup: int, steps: int):
     """Time ``steps`` training steps of a fresh model (after ``warmup``); returns per-step ms and memory."""
     import torch
-    from torch import nn
 
-    from training.engine import _Net, make_optimizer
+    from training.engine import train_step
     from training.heads import build_head
     from training.model import build_embedding_net
+    from training.runtime import Net, make_optimizer
 
     torch.manual_seed(0)
     logging.getLogger("training.model").setLevel(logging.ERROR)  # "random weights" is the point here
@@ -108,7 +108,8 @@ def measure(cfg, hw, batch: int, classes: int, device, channels_last: bool, amp:
     head = build_head(cfg.head.kind, cfg.model.embedding_dim, classes, cfg.head.scale, cfg.head.margin_rad).to(device)
     if channels_last:
         emb = emb.to(memory_format=torch.channels_last)
-    net = _Net(emb, head).train()
+    net = Net(emb, head).train()
+    params = list(net.parameters())
     opt = make_optimizer(cfg, emb, head, cfg.optim.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     gen = torch.Generator().manual_seed(0)
@@ -118,15 +119,7 @@ def measure(cfg, hw, batch: int, classes: int, device, channels_last: bool, amp:
 
     def step():
         xb = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-            loss, _ = net(xb, y, margin)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.optim.grad_clip:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
-        scaler.step(opt)
-        scaler.update()
+        loss, _ = train_step(net, params, opt, scaler, xb, y, margin, amp, cfg.optim.grad_clip)
         return loss
 
     def sync():
@@ -234,7 +227,7 @@ def main(argv=None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "amp": args.amp and kind == "cuda",
         "inputs": "random normal pixels and random labels, already on the device (no data loading)",
-        "step": "forward + ArcFace loss + backward + grad clip + optimiser step (training.engine's step)",
+        "step": "forward + ArcFace loss + backward + grad clip + optimiser step (training.engine.train_step)",
     }
     results = {"rows": rows}
     write_result(args.out, "training", machine, config, results, [table])

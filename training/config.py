@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 
 from core.errors import ConfigError
+from core.preprocess import PreprocessSpec
+from index.ranking import DEFAULT_NEW_WHALE_SHARE
 
 
 @dataclass
@@ -176,7 +178,7 @@ class EvalConfig:
 
     every_epochs: float = 0.0
     tta: Literal["default", "single"] = "default"
-    new_whale_share: float = 0.276
+    new_whale_share: float = DEFAULT_NEW_WHALE_SHARE
     threshold_rule: Literal["max_map5", "new_whale_share"] = "max_map5"
     batch_boxes: int = 128
 
@@ -335,3 +337,11 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     from core.fileio import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:
+    """The preprocessing of ``cfg``'s model (input size, mean, std, interpolation): the manifest's contract."""
+    m = cfg.model
+    return PreprocessSpec(
+        input_size=tuple(m.input_size), mean=tuple(m.mean), std=tuple(m.std), interpolation=m.interpolation
+    )

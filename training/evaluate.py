@@ -51,7 +51,7 @@ def evaluate_model(
     model: torch.nn.Module, cfg: TrainConfig, split: Split, device: torch.device, progress: bool = True
 ) -> EvalReport:
     """Evaluate a torch embedding network on a run's split (see the module docstring)."""
-    from training.engine import preprocess_spec
+    from training.config import preprocess_spec
 
     was_training = model.training
     model.eval()

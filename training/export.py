@@ -22,10 +22,10 @@ from core.errors import ConfigError
 from core.fileio import sha256_file
 from core.manifest import Manifest, ModelSpec, ThresholdSpec, load_manifest
 from core.preprocess import load_image_file
-from training.config import TrainConfig, from_dict
-from training.engine import CHECKPOINT_DIR, FINAL, LAST, load_checkpoint, prepare_split, preprocess_spec
+from training.config import TrainConfig, from_dict, preprocess_spec
 from training.evaluate import tta_policy
 from training.model import EmbeddingNet, build_embedding_net
+from training.runtime import CHECKPOINT_DIR, FINAL, LAST, load_checkpoint, prepare_split
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ import torch
 
 from core.errors import ConfigError
 from training.config import TrainConfig, load_config
-from training.engine import pick_device, prepare_split
 from training.evaluate import evaluate_model, frequency_baseline
 from training.export import load_run
 from training.model import build_embedding_net
+from training.runtime import pick_device, prepare_split
 
 
 def evaluate_run(run_dir: str | Path, untrained: bool = False, baseline: bool = False, progress: bool = True) -> dict:
