@@ -26,11 +26,8 @@ Examples::
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +47,8 @@ from common import (
     time_ms,
     write_result,
 )
+
+from service.process import ServeProcess
 
 STAGES = ("decode", "boxes", "embed", "search", "local", "total")
 #: Threshold sent for a scoring mode the bundle has no calibrated threshold for (it changes no timing).
@@ -105,59 +104,12 @@ def parse_args(argv=None):
 # -- the server -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalServer:
-    """``python -m whaleid serve BUNDLE`` on a free port of 127.0.0.1, its output in ``log``."""
+class LocalServer(ServeProcess):
+    """``python -m whaleid serve BUNDLE`` on a free port of 127.0.0.1, run from the repository, its output
+    in ``log`` (:class:`service.process.ServeProcess`)."""
 
     def __init__(self, bundle: Path, gallery_dir: Path | None, log: Path, env: dict[str, str]):
-        self.bundle, self.gallery_dir, self.log_path, self.env = bundle, gallery_dir, log, env
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float) -> LocalServer:
-        import httpx
-
-        cmd = [sys.executable, "-m", "whaleid", "serve", str(self.bundle), "--port", str(self.port)]
-        if self.gallery_dir is not None:
-            cmd += ["--gallery-dir", str(self.gallery_dir)]
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", **self.env}
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if getattr(self, "_log", None):
-            self._log.close()
+        super().__init__(bundle, gallery_dir, log, env, cwd=REPO)
 
 
 # -- requests ---------------------------------------------------------------------------------
