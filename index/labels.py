@@ -117,7 +117,9 @@ def load_photos(
                 seen.add(img)
     missing = [p.image for p in photos if not (folder / p.image).is_file()]
     if missing:
-        raise ConfigError(f"{len(missing)} photos listed in the labels are not in {folder}, e.g. {missing[:3]}")
+        n = len(missing)
+        verb = "photo listed in the labels is" if n == 1 else "photos listed in the labels are"
+        raise ConfigError(f"{n} {verb} not in {folder}, e.g. {missing[:3]}")
     return photos
 
 
@@ -149,6 +151,8 @@ class Split:
             "queries_known": len(self.val_closed),
             "queries_new_whale": len(self.val_open) + len(self.val_new_whale),
             "new_whale_share": round((len(self.val_open) + len(self.val_new_whale)) / max(len(q), 1), 3),
+            "queries_held_out_whales": len({p.whale_id for p in self.val_open}),
+            "new_whale_unused": len(self.train_new_whale),
         }
 
 

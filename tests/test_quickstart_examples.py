@@ -36,10 +36,27 @@ def test_examples_are_photos_the_gallery_does_not_hold(tmp_path, monkeypatch):
     assert f"curl -F file=@{query} http://127.0.0.1:8000/identify" in text
     assert f"curl -F files=@{new} -F whale_id=my-whale-1 http://127.0.0.1:8000/gallery" in text
     assert "a.jpg" not in text and "b.jpg" not in text
+    # what to expect: d.jpg is labelled new_whale; the enrol id is one the gallery does not hold
+    from whaleid.quickstart import example_context
+
+    note, enrol_id = example_context(bundle, tmp_path / "labels.csv", new)
+    assert "expect new_whale first" in note and enrol_id == "my-whale-1"
+    build_gallery(bundle, photos, _labels(tmp_path, [("c.jpg", "my-whale-1"), ("a.jpg", "w1")]), progress=False)
+    note, enrol_id = example_context(bundle, tmp_path / "labels2.csv", photos / "a.jpg")
+    assert note == "(a new photo of whale w1: expect it near the top)" and enrol_id == "my-whale-2"
+    text = curl_examples("127.0.0.1", 8000, query, new, enrol_id, note)
+    assert "-F whale_id=my-whale-2 " in text and note in text and "?scoring=fused" in text
     # relative paths are printed absolute: the examples work from any terminal
     rel = query.relative_to(tmp_path)
     monkeypatch.chdir(tmp_path)
     assert f"curl -F file=@{tmp_path / rel} " in curl_examples("127.0.0.1", 8000, rel, new)
+
+
+def _labels(folder, rows):
+    path = folder / "labels2.csv"
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows([("image", "whale_id"), *rows])
+    return path
 
 
 def test_no_unheld_photo_gives_placeholders(tmp_path):

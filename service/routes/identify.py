@@ -12,6 +12,9 @@ from service.uploads import UploadRoute
 
 router = APIRouter(tags=["identify"], route_class=UploadRoute)
 
+#: Options of POST /identify, all query parameters: a form field of that name is refused, never ignored.
+QUERY_OPTIONS = ("k", "threshold", "scoring", "explain")
+
 
 @router.post(
     "/identify",
@@ -39,7 +42,16 @@ async def identify(
 
     Example: `curl -F file=@fluke.jpg http://127.0.0.1:8000/identify`
     """
-    sent = len((await request.form()).getlist("file"))  # the form FastAPI already parsed (cached)
+    form = await request.form()  # the form FastAPI already parsed (cached)
+    other = sorted({key for key in form if key != "file"})
+    if other:
+        options = [key for key in other if key in QUERY_OPTIONS]
+        raise InvalidRequestError(
+            f"{', '.join(repr(key) for key in options)} go in the URL, not the form: POST /identify?{options[0]}=..."
+            if options
+            else f"unknown form field(s) {', '.join(repr(key) for key in other)}: send the photo alone, as 'file'"
+        )
+    sent = len(form.getlist("file"))
     if sent > 1:
         raise InvalidRequestError(
             f"one photo per request in the field 'file' (got {sent}); POST /gallery takes several"

