@@ -1,8 +1,9 @@
 """The gallery store: the source of truth for identities, photos, embeddings and local features.
 
 :class:`GalleryStore` is the interface (:mod:`index.store.base`, with the guarantees every backend
-gives); :class:`SQLiteGalleryStore` (:mod:`index.store.sqlite`) the default backend. Open one with
-:func:`open_store`.
+gives); :class:`SQLiteGalleryStore` (:mod:`index.store.sqlite`) the default backend,
+:class:`~index.store.postgres.PostgresGalleryStore` (:mod:`index.store.postgres`, the ``postgres``
+extra) the one many replicas share. Open one with :func:`open_store`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from index.store.sqlite import SCHEMA_VERSION, SQLiteGalleryStore
 from index.store.sqlite_errors import storage_error
 
 
+def is_database_url(location: str | Path) -> bool:
+    """Whether ``location`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
 def open_store(
     path: str | Path,
     dim: int,
@@ -33,10 +39,11 @@ def open_store(
     durable: bool = True,
     busy_timeout_s: float = 5.0,
 ) -> GalleryStore:
-    """Open (or create) the gallery store at ``path``: an SQLite file.
+    """Open (or create) the gallery store at ``path``: an SQLite file, or a PostgreSQL database.
 
     Args:
-        path: the store's location.
+        path: the store's location: a file, or a ``postgresql://`` (``postgres://``) URL, whose
+            schema must have been created by ``whaleid store migrate URL``.
         dim: embedding dimension (checked against the one recorded).
         model_sha256: the model's checksum (checked against the one recorded, when given).
         durable: fsync every commit; False only for throw-away galleries.
@@ -44,7 +51,12 @@ def open_store(
 
     Raises:
         CorruptArtifactError, ManifestMismatchError, StorageError: see :class:`SQLiteGalleryStore`.
+        SchemaVersionError, DatabaseUnavailableError: see :class:`~index.store.postgres.PostgresGalleryStore`.
     """
+    if is_database_url(path):
+        from index.store.postgres import PostgresGalleryStore  # psycopg only when PostgreSQL is used
+
+        return PostgresGalleryStore(str(path), dim, model_sha256, durable, busy_timeout_s)
     return SQLiteGalleryStore(path, dim, model_sha256, durable, busy_timeout_s)
 
 
@@ -59,6 +71,7 @@ __all__ = [
     "NewImage",
     "SQLiteGalleryStore",
     "flipped_id",
+    "is_database_url",
     "is_flipped",
     "open_store",
     "storage_error",

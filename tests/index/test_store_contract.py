@@ -20,7 +20,13 @@ def _sqlite(folder, **kw):
     return open_store(folder / "g.sqlite", DIM, **kw)
 
 
-BACKENDS = {"sqlite": _sqlite}
+def _postgres(folder, **kw):
+    from pg_cluster import database_for  # a throw-away cluster; skips with the reason when absent
+
+    return open_store(database_for(folder), DIM, **kw)
+
+
+BACKENDS = {"sqlite": _sqlite, "postgres": _postgres}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
