@@ -46,7 +46,7 @@ def report(
     """An evaluation report: CMC, MAP@5 against the threshold, confusion, scores and the worst cases, as HTML.
 
     The queries run through the pipeline of POST /identify, with a progress bar; per-query results
-    are cached in OUT/queries.jsonl, so an interrupted run resumes. Prints the summary as JSON.
+    are cached in OUT/queries.jsonl, so an interrupted run resumes. Prints the headline figures as JSON (all of them: OUT/summary.json).
     """
     if ctx.args and not scoring:
         raise typer.BadParameter(f"unexpected arguments {ctx.args}", param_hint="BUNDLE")
@@ -67,7 +67,10 @@ def report(
         worst,
         command="whaleid " + shlex.join(sys.argv[1:]),
     )
-    typer.echo(json.dumps({"modes": summary["modes"], "html": summary["html"]}, indent=2))
+    modes = {m: {k: v for k, v in s.items() if k != "cmc"} for m, s in summary["modes"].items()}
+    typer.echo(
+        json.dumps({"modes": modes, "html": summary["html"], "summary": str(Path(out) / "summary.json")}, indent=2)
+    )
 
 
 def _split_modes(scoring: list[str] | None) -> list[str] | None:

@@ -24,10 +24,11 @@ COLOURS = {"embedding": "#1f77b4", "local": "#2ca02c", "fused": "#d62728", "subm
 DPI = 110
 
 
-def png(fig, dpi: int = DPI) -> bytes:
-    """The figure as PNG bytes (the figure is closed)."""
+def png(fig, dpi: int = DPI, fmt: str = "png") -> bytes:
+    """The figure as PNG bytes (or ``fmt="jpeg"``: JPEG, quality 85, for photos); the figure is closed."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    extra = {"pil_kwargs": {"quality": 85}} if fmt == "jpeg" else {}
+    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight", **extra)
     plt.close(fig)
     return buf.getvalue()
 

@@ -1,6 +1,6 @@
 """The report as one self-contained HTML file: settings, headline table, figures and strips, images inline.
 
-Every image is a ``data:image/png;base64`` URI and the style sheet is inline, so the file opens
+Every image is a ``data:`` URI (PNG figures, JPEG photo strips) and the style sheet is inline, so the file opens
 offline and can be mailed or archived as it is. Text from the inputs (file names, whale ids) is
 escaped.
 """
@@ -27,8 +27,10 @@ img { max-width: 100%; }
 """
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_uri(image: bytes) -> str:
+    """A ``data:`` URI of PNG or JPEG bytes (told apart by their first bytes)."""
+    mime = "image/jpeg" if image[:2] == b"\xff\xd8" else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(image).decode("ascii")
 
 
 def _fmt(v) -> str:

@@ -119,8 +119,8 @@ def _match_panel(ax, q, g, pairs, title: str) -> None:
 
 
 def strip_figure(rec: dict, photos: PhotoSource, threshold: float | None) -> tuple[bytes, int]:
-    """The strip of one worst case (a record of :func:`whaleid.report.queries.run_queries`): PNG bytes and
-    the number of keypoint-match panels drawn."""
+    """The strip of one worst case (a record of :func:`whaleid.report.queries.run_queries`): JPEG bytes and
+    the number of keypoint-match panels drawn (JPEG bytes: photos)."""
     ranked = rec.get("ranked", [])[:5]
     pairs = rec.get("pairs") or {}
     truth = rec["truth"]
@@ -183,4 +183,4 @@ def strip_figure(rec: dict, photos: PhotoSource, threshold: float | None) -> tup
         ax = fig.add_subplot(grid[1, 3 * n : 3 * n + 3])
         _match_panel(ax, q, g, pairs[w], f"keypoint matches: query and {w} ({len(pairs[w])} inliers)")
     fig.tight_layout()
-    return png(fig, dpi=72), len(matches[:2])
+    return png(fig, dpi=80, fmt="jpeg"), len(matches[:2])
