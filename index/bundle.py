@@ -98,6 +98,7 @@ def open_bundle(
     providers: list[str] | None = None,
     intra_op_threads: int | None = None,
     busy_timeout_s: float = 5.0,
+    store_url: str | None = None,
 ) -> OpenBundle:
     """Load a bundle: its manifest, its checked network (and detector) and its gallery.
 
@@ -108,6 +109,8 @@ def open_bundle(
         providers: onnxruntime execution providers (default: CUDA when available, else CPU).
         intra_op_threads: onnxruntime's intra-op threads (default: its own).
         busy_timeout_s: seconds a write waits for the store's lock before ``StoreBusyError``.
+        store_url: a ``postgresql://`` URL of a store shared by several replicas (default: the
+            gallery folder's SQLite file).
 
     Raises:
         ManifestError: no readable manifest. CorruptArtifactError, ManifestMismatchError: model files
@@ -119,5 +122,5 @@ def open_bundle(
     manifest = manifest if manifest is not None else load_manifest(path)
     embedder = bundle_embedder(path, manifest, providers, intra_op_threads)
     folder = gallery_folder(path, manifest, gallery_dir)
-    gallery = Gallery.for_manifest(folder, manifest, busy_timeout_s)
+    gallery = Gallery.for_manifest(folder, manifest, busy_timeout_s, store_url)
     return OpenBundle(path, manifest, embedder, folder, gallery)

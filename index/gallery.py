@@ -108,6 +108,9 @@ class Gallery:
         embedding_scoring: ``"centroid"`` or ``"image_max"``.
         model_sha256: checksum of the model whose embeddings the store holds (checked on open).
         durable: fsync every change (False only for throw-away galleries).
+        store_url: a ``postgresql://`` URL: the store is that database, shared with other replicas
+            (each change any replica commits wakes this gallery's catch-up through the store's change
+            feed); None: the SQLite file ``gallery.sqlite`` in ``folder``.
         busy_timeout_s: how long a change waits for another process's write lock on the store, in
             seconds, before failing with ``StoreBusyError``.
 
@@ -125,6 +128,7 @@ class Gallery:
         model_sha256: str | None = None,
         durable: bool = True,
         busy_timeout_s: float = 5.0,
+        store_url: str | None = None,
     ):
         if embedding_scoring not in ("centroid", "image_max"):
             raise ValueError(f"embedding_scoring must be 'centroid' or 'image_max', got {embedding_scoring!r}")
@@ -132,7 +136,9 @@ class Gallery:
         self.dim = int(dim)
         self.factory = factory
         self.scoring = embedding_scoring
-        self.store: GalleryStore = open_store(self.folder / STORE_FILE, self.dim, model_sha256, durable, busy_timeout_s)
+        self.store: GalleryStore = open_store(
+            store_url or self.folder / STORE_FILE, self.dim, model_sha256, durable, busy_timeout_s
+        )
         self._rw = RWLock()
         self._mutate = threading.Lock()
         self._names: dict[int, tuple[str, bool]] = {}
@@ -143,10 +149,22 @@ class Gallery:
         self.refresh_interval_s = 1.0
         self._checked_at = 0.0
         self._load_or_rebuild()
+        subscribe = getattr(self.store, "subscribe", None)  # a shared store's change feed (PostgreSQL)
+        if subscribe is not None:
+            subscribe(self._on_store_change)
+
+    def _on_store_change(self, generation: int | None) -> None:
+        """The change feed's wake-up (listener thread): catch up now rather than at the next search's
+        check; ``generation`` None means notifications may have been missed."""
+        if generation is None or generation != self._generation:
+            self.refresh(force=True)
 
     @classmethod
-    def for_manifest(cls, folder: str | Path, manifest: Manifest, busy_timeout_s: float = 5.0) -> Gallery:
-        """Open (or create) the gallery of a bundle with the manifest's dimension, factory and scoring."""
+    def for_manifest(
+        cls, folder: str | Path, manifest: Manifest, busy_timeout_s: float = 5.0, store_url: str | None = None
+    ) -> Gallery:
+        """Open (or create) the gallery of a bundle with the manifest's dimension, factory and scoring
+        (``store_url``: a shared PostgreSQL store instead of ``folder``'s SQLite file)."""
         g = cls(
             folder,
             manifest.model.embedding_dim,
@@ -154,6 +172,7 @@ class Gallery:
             manifest.gallery.embedding_scoring,
             manifest.model.sha256,
             busy_timeout_s=busy_timeout_s,
+            store_url=store_url,
         )
         check_embedding_dim(manifest, g.dim, f"gallery {g.folder}")
         return g

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
         min_free_bytes: ``/ready`` fails (503) when the gallery's disk or ``tmp_dir`` has less free space.
         busy_timeout_s: how long a change waits for another process's write lock on the gallery store
             (e.g. ``whaleid build-gallery``), in seconds, before answering 503 ``store_busy``.
+        store_url: ``postgresql://user:password@host:port/database``: the gallery store is that
+            database, shared by every replica (``pip install 'whaleid[postgres]'``; create its schema
+            with ``whaleid store migrate URL``). Default: the SQLite file in the gallery folder.
     """
 
     model_config = SettingsConfigDict(env_prefix="WHALEID_", case_sensitive=False, extra="ignore")
@@ -63,6 +66,16 @@ class Settings(BaseSettings):
     tmp_dir: Path | None = None
     min_free_bytes: int = Field(100 * MiB, ge=0)
     busy_timeout_s: float = Field(5.0, ge=0, le=600)
+    store_url: SecretStr | None = None
+
+    @field_validator("store_url")
+    @classmethod
+    def _postgres_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None
+        if not v.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("WHALEID_STORE_URL must be a postgresql://user:password@host:port/database URL")
+        return v
 
     @field_validator("bundle")
     @classmethod

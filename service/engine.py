@@ -71,6 +71,7 @@ class WhaleService:
             providers=settings.providers,
             intra_op_threads=settings.intra_op_threads,
             busy_timeout_s=settings.busy_timeout_s,
+            store_url=settings.store_url.get_secret_value() if settings.store_url else None,
         )
         self.manifest: Manifest = opened.manifest
         m = self.manifest

@@ -245,7 +245,9 @@ class PostgresGalleryStore(PostgresReads):
         """Add photos to an identity (created when absent); see :meth:`add_image_groups`."""
         return self.add_image_groups([(whale_id, images, flipped)])[0]
 
-    def add_image_groups(self, groups: Sequence[tuple[str, Iterable[NewImage], bool]]) -> list[AddOutcome]:
+    def add_image_groups(
+        self, groups: Sequence[tuple[str, Iterable[NewImage], bool]], actor: str | None = None
+    ) -> list[AddOutcome]:
         """Add photos to several identities in one transaction: all or nothing.
 
         A photo whose sha256 the identity already holds is skipped and reported as a duplicate.
@@ -312,7 +314,7 @@ class PostgresGalleryStore(PostgresReads):
             positions.append(pos)
         return AddOutcome(ident, added, positions, dupes), bool(added) or created
 
-    def remove_identity(self, whale_id: str) -> list[int]:
+    def remove_identity(self, whale_id: str, actor: str | None = None) -> list[int]:
         """Delete an identity, its mirror and their photos. Returns the deleted identity ids.
 
         Raises:
@@ -331,7 +333,7 @@ class PostgresGalleryStore(PostgresReads):
 
         return self._write(remove)
 
-    def remove_image(self, whale_id: str, image_id: int) -> tuple[int, str, bool]:
+    def remove_image(self, whale_id: str, image_id: int, actor: str | None = None) -> tuple[int, str, bool]:
         """Delete one photo (and its mirror copy); an identity left without photos is deleted.
 
         Returns:
