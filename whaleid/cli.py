@@ -277,6 +277,8 @@ from whaleid.report.cli import report as _report  # noqa: E402
 
 app.command("report", context_settings=_REPORT_CONTEXT)(_domain_errors(_report))
 
+import whaleid.cli_store  # noqa: E402, F401  (whaleid store migrate: registers it on the same app)
+
 # The training commands come after these in --help (they need the train extra).
 from whaleid import cli_training  # noqa: E402, F401  (registers them on the same app)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.errors import ConfigError
 from index.store.base import (
     FLIP_SUFFIX,
     NEW_WHALE,
@@ -30,6 +31,22 @@ from index.store.sqlite_errors import storage_error
 def is_database_url(location: str | Path) -> bool:
     """Whether ``location`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
     return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def postgres_module(name: str):
+    """``index.store.<name>`` of the PostgreSQL backend, imported now (psycopg only when it is used).
+
+    Raises:
+        ConfigError: psycopg is not installed (the ``postgres`` extra).
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(f"index.store.{name}")
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "psycopg":
+            raise
+        raise ConfigError("a postgresql:// gallery store needs psycopg: pip install 'whaleid[postgres]'") from exc
 
 
 def open_store(
@@ -54,9 +71,7 @@ def open_store(
         SchemaVersionError, DatabaseUnavailableError: see :class:`~index.store.postgres.PostgresGalleryStore`.
     """
     if is_database_url(path):
-        from index.store.postgres import PostgresGalleryStore  # psycopg only when PostgreSQL is used
-
-        return PostgresGalleryStore(str(path), dim, model_sha256, durable, busy_timeout_s)
+        return postgres_module("postgres").PostgresGalleryStore(str(path), dim, model_sha256, durable, busy_timeout_s)
     return SQLiteGalleryStore(path, dim, model_sha256, durable, busy_timeout_s)
 
 
@@ -74,6 +89,7 @@ __all__ = [
     "is_database_url",
     "is_flipped",
     "open_store",
+    "postgres_module",
     "storage_error",
     "validate_whale_id",
     "whale_id_pattern",
