@@ -46,7 +46,8 @@ def report(
     """An evaluation report: CMC, MAP@5 against the threshold, confusion, scores and the worst cases, as HTML.
 
     The queries run through the pipeline of POST /identify, with a progress bar; per-query results
-    are cached in OUT/queries.jsonl, so an interrupted run resumes. Prints the headline figures as JSON (all of them: OUT/summary.json).
+    are cached in OUT/queries.jsonl, so an interrupted run resumes. Prints the headline figures as JSON
+    (all of them: OUT/summary.json).
     """
     if ctx.args and not scoring:
         raise typer.BadParameter(f"unexpected arguments {ctx.args}", param_hint="BUNDLE")

@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from core.errors import ConfigError, InputImageError
 from core.fileio import sha256_bytes
-from core.preprocess import decode_image
 from index.identify import Identifier, PreparedPhoto
 from index.ranking import NEW_WHALE
 
@@ -118,15 +117,15 @@ def prepare_with_box(identifier: Identifier, data: bytes, box) -> PreparedPhoto:
     """:meth:`Identifier.prepare`, with the labelled box in place of the detector's when one is given.
 
     Without a box this *is* ``identifier.prepare(data)``; with one, the box becomes the base box of
-    the TTA boxes and of the local features, as a detector's box would.
+    the TTA boxes and of the local features, as a detector's box would (everything else, e.g. the
+    decoded photo and its checksum, stays as ``prepare`` made it).
     """
-    if box is None:
-        return identifier.prepare(data)
-    image = decode_image(data, identifier.limits)
-    base = np.asarray(box, np.float32)
-    boxes = identifier.embedder.boxes_for(image.pixels, base)
-    inputs = identifier.embedder.batch_for(image.pixels, boxes)
-    return PreparedPhoto(image, sha256_bytes(data), base, boxes, inputs)
+    prep = identifier.prepare(data)
+    if box is not None:
+        prep.base_box = np.asarray(box, np.float32)
+        prep.boxes = identifier.embedder.boxes_for(prep.image.pixels, prep.base_box)
+        prep.inputs = identifier.embedder.batch_for(prep.image.pixels, prep.boxes)
+    return prep
 
 
 def identify_query(identifier: Identifier, data: bytes, mode: str, box=None) -> dict:
