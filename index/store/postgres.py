@@ -393,7 +393,7 @@ class PostgresGalleryStore(PostgresReads):
                 if not self._closed.is_set():
                     log.warning("gallery store %s: change feed lost (%s); reconnecting", self.path, exc)
                     self._closed.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = min(backoff * 2, 2.0)
             finally:
                 if conn is not None:
                     conn.close()

@@ -1,0 +1,195 @@
+"""The PostgreSQL store's own rules (the shared contract is ``test_store_contract.py``): replicas racing
+each other, a lock held too long, the server going away and coming back, the schema check and the
+change feed. Real servers only (``tests/pg_cluster.py``); skipped with the reason when PostgreSQL or
+psycopg is missing."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from core.errors import StorageError, StoreBusyError, UnknownIdentityError
+
+DIM = 4
+E = np.eye(DIM, dtype=np.float32)
+
+
+def img(sha: str, vec=E[0]):
+    from index.store import NewImage
+
+    return NewImage(sha, np.asarray(vec, np.float32))
+
+
+@pytest.fixture
+def url(tmp_path):
+    from pg_cluster import database_for
+
+    return database_for(tmp_path)
+
+
+@pytest.fixture
+def open_(url):
+    from index.store import open_store
+
+    opened = []
+
+    def make(**kw):
+        s = open_store(url, DIM, **kw)
+        opened.append(s)
+        return s
+
+    yield make
+    for s in opened:
+        s.close()
+
+
+def _together(*fns):
+    """Run the functions in threads released at the same instant; return their results (or errors)."""
+    start, out = threading.Barrier(len(fns)), [None] * len(fns)
+
+    def run(i, fn):
+        start.wait()
+        try:
+            out[i] = fn()
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate(fns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def test_two_replicas_enrolling_the_same_whale_and_photo_at_once(open_):
+    a, b = open_(), open_()
+    g0 = a.generation
+    # 2 x 15 enrolments into the same new whale, each replica with its own photos plus one shared photo
+    res = _together(
+        lambda: [a.add_images("W", [img(f"a{i}"), img("same")]) for i in range(15)],
+        lambda: [b.add_images("W", [img(f"b{i}"), img("same")]) for i in range(15)],
+    )
+    assert not any(isinstance(r, Exception) for r in res), res
+    assert a.count_identities() == 1 and {o.identity_id for r in res for o in r} == {a.identity_id("W")}
+    shas = [r.sha256 for r in a.images_of("W")]
+    assert sorted(shas) == sorted([f"a{i}" for i in range(15)] + [f"b{i}" for i in range(15)] + ["same"])
+    added_same = [o for r in res for o in r if 1 in o.added_positions]
+    assert len(added_same) == 1  # the shared photo was stored by exactly one enrolment
+    assert a.generation == g0 + 30  # every enrolment added a photo: one generation each, none lost
+
+
+def test_auto_whale_ids_are_never_handed_out_twice(open_):
+    a, b = open_(), open_()
+    res = _together(
+        lambda: [a.next_auto_whale_id() for _ in range(20)], lambda: [b.next_auto_whale_id() for _ in range(20)]
+    )
+    ids = res[0] + res[1]
+    assert len(set(ids)) == 40 and sorted(ids) == [f"whale-{n:05d}" for n in range(1, 41)]
+
+
+def test_a_delete_racing_enrolments_leaves_no_half_identity(open_):
+    a, b = open_(), open_()
+    a.add_images("W", [img("first")])
+
+    def enrol():
+        return [a.add_images("W", [img(f"x{i}")]).identity_id for i in range(20)]
+
+    def delete():
+        done = 0
+        for _ in range(20):
+            try:
+                b.remove_identity("W")
+                done += 1
+            except UnknownIdentityError:
+                pass
+        return done
+
+    ids, deletes = _together(enrol, delete)
+    assert not isinstance(ids, Exception) and not isinstance(deletes, Exception) and deletes >= 1
+    # whatever the interleaving: an identity exists iff it holds photos, and no photo lost its identity
+    names = a.identity_names()
+    owners = set(a.all_embeddings()[1].tolist())
+    assert owners == set(names) and all(a.image_ids_of(i) for i in names)
+    assert len(set(ids)) >= 2  # re-created after a delete with a new id, never an old one back
+
+
+def test_a_change_waits_for_a_lock_held_too_long_then_is_busy_while_reads_go_on(open_, url):
+    import psycopg
+
+    store = open_(busy_timeout_s=0.3)
+    store.add_images("W", [img("a")])
+    with psycopg.connect(url) as other:  # another replica in the middle of a long change
+        other.execute("SELECT value FROM generation FOR UPDATE")
+        t0 = time.monotonic()
+        with pytest.raises(StoreBusyError):
+            store.add_images("W", [img("b")])
+        assert 0.25 < time.monotonic() - t0 < 3
+        assert [r.sha256 for r in store.images_of("W")] == ["a"]  # reads are not blocked
+        other.rollback()
+    store.add_images("W", [img("b")])
+    assert [r.sha256 for r in store.images_of("W")] == ["a", "b"]
+
+
+def test_an_old_schema_is_refused_with_the_command_that_fixes_it():
+    from pg_cluster import shared_cluster
+
+    from index.store import open_store
+    from index.store.pg_migrate import migrate
+    from index.store.postgres_errors import SchemaVersionError
+
+    url = shared_cluster().create_database("old_schema", migrate=False)
+    with pytest.raises(SchemaVersionError, match="whaleid store migrate"):
+        open_store(url, DIM)
+    assert _together(lambda: migrate(url), lambda: migrate(url)) in ([[1], []], [[], [1]])  # applied once
+    open_store(url, DIM).close()
+
+
+def test_the_change_feed_wakes_another_replica_and_survives_a_server_restart(tmp_path):
+    from pg_cluster import PgCluster
+
+    from index.store import open_store
+    from index.store.postgres_errors import DatabaseUnavailableError
+
+    cluster = PgCluster()  # its own server: this test stops it
+    try:
+        url = cluster.create_database("feed")
+        writer, reader = open_store(url, DIM), open_store(url, DIM)
+        seen: list[tuple[float, int | None]] = []
+        reader.subscribe(lambda g: seen.append((time.monotonic(), g)))
+        _wait(lambda: seen, 5)  # the listener connected (it calls back once with None)
+        t0 = time.monotonic()
+        writer.add_images("W", [img("a")])
+        _wait(lambda: any(g == writer.generation for _, g in seen), 2)
+        assert [t for t, g in seen if g is not None][0] - t0 < 1.0
+
+        cluster.stop()  # the database goes away: typed 503-able errors, nothing half-written
+        with pytest.raises(DatabaseUnavailableError) as err:
+            writer.add_images("W", [img("b")])
+        assert isinstance(err.value, StorageError) and err.value.retry_after_s == 2
+        with pytest.raises(DatabaseUnavailableError):
+            reader.images_of("W")
+        n = len(seen)
+        cluster.start()
+        # the same handles work again (their dead connections are replaced) ...
+        assert [r.sha256 for r in writer.images_of("W")] == ["a"]
+        writer.add_images("W", [img("b")])
+        # ... and the listener reconnected: a None (changes may have been missed), then each new generation
+        _wait(lambda: None in [g for _, g in seen[n:]], 10)
+        writer.add_images("W", [img("c")])
+        _wait(lambda: any(g == writer.generation for _, g in seen[n:]), 1)
+        writer.close()
+        reader.close()
+    finally:
+        cluster.remove()
+
+
+def _wait(cond, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s")
+        time.sleep(0.01)
