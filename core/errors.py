@@ -104,6 +104,13 @@ class UnknownIdentityError(WhaleidError):
         super().__init__(f"unknown whale_id: {whale_id!r} is not in the gallery")
 
 
+class IdentityConflictError(WhaleidError):
+    """A change that collides with the catalogue as it is: the new whale id is taken (rename, move to a
+    new whale), or another request changed the same whale first."""
+
+    code = "whale_id_taken"
+
+
 class UnknownImageError(WhaleidError):
     """No gallery photo with this image id belongs to this identity."""
 

@@ -108,6 +108,7 @@ def build_gallery(
     photos: Sequence[tuple[str, str, object]],
     flipped: bool = False,
     thumbnails: bool = True,
+    originals: bool = True,
     local_features: Callable[[np.ndarray, np.ndarray], bytes] | None = None,
     progress: bool = True,
 ) -> dict:
@@ -120,6 +121,8 @@ def build_gallery(
         photos: ``(file name, whale id, base box or None)``; ``new_whale`` and ``unknown`` rows are skipped.
         flipped: also enrol each photo's mirror image under ``<whale_id>:flipped``.
         thumbnails: keep a JPEG thumbnail of each photo in the store.
+        originals: keep each photo's bytes, perceptual hash and EXIF date and position in the store
+            (export, reindex on a new model, near-duplicate checks; the bytes cost the file's size).
         local_features: optional ``(pixels, box) -> bytes`` computing the photo's local features.
 
     Photos the gallery already holds for their whale (same bytes) are counted as duplicates before
@@ -141,7 +144,7 @@ def build_gallery(
 
     pending: dict[str, list[NewImage]] = defaultdict(list)
     pending_flip: dict[str, list[NewImage]] = defaultdict(list)
-    need_pixels = thumbnails or local_features is not None
+    need_pixels = thumbnails or local_features is not None or originals
     done = 0
     for ep in embed_folder(
         embedder,
@@ -163,6 +166,7 @@ def build_gallery(
                 box_xyxy_px=box.tolist(),
                 thumbnail=make_thumbnail(ep.pixels) if thumbnails else None,
                 local_features=local_features(ep.pixels, box) if local_features is not None else None,
+                **(_catalogue_fields(Path(images_dir) / ep.image, ep.pixels) if originals else {}),
             )
         )
         if flipped:
@@ -175,3 +179,12 @@ def build_gallery(
         dupes += len(res.duplicate_image_ids)
     skipped = len(wanted) - done - len(known)
     return {"photos": added, "identities": len(pending), "skipped": skipped, "duplicates": dupes}
+
+
+def _catalogue_fields(path: Path, pixels: np.ndarray) -> dict:
+    """A photo's original bytes, perceptual hash and EXIF metadata, as :class:`NewImage` fields."""
+    from index.metadata import metadata_from_exif, perceptual_hash
+
+    data = path.read_bytes()
+    meta = metadata_from_exif(data).as_dict()
+    return {"original": data, "phash": perceptual_hash(pixels), "metadata": meta or None}

@@ -163,6 +163,7 @@ def evaluate_embedder(
             [(p.image, p.whale_id, p.box) for p in split.train],
             flipped=flipped,
             thumbnails=False,
+            originals=False,
             progress=progress,
         )
         queries = split.queries()

@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 
 from core.manifest import Manifest, check_embedding_dim
+from index.gallery_ops import CatalogueOps
 from index.ranking import top_k_distinct
 from index.store import GalleryStore, NewImage, flipped_id, open_store, validate_whale_id
 from index.vectors import VectorIndex, as_float32_matrix, l2_normalize
@@ -98,7 +99,7 @@ class AddResult:
     images_total: int
 
 
-class Gallery:
+class Gallery(CatalogueOps):
     """Identities, their photos' embeddings, and a FAISS index over them.
 
     Args:
@@ -299,7 +300,13 @@ class Gallery:
                 self._images_of.pop(ident, None)
                 self._names.pop(ident, None)
 
-    def add(self, whale_id: str, images: Sequence[NewImage], flipped: Sequence[NewImage] | None = None) -> AddResult:
+    def add(
+        self,
+        whale_id: str,
+        images: Sequence[NewImage],
+        flipped: Sequence[NewImage] | None = None,
+        actor: str | None = None,
+    ) -> AddResult:
         """Add photos to an identity (created when absent); durable when this returns.
 
         Args:
@@ -317,7 +324,7 @@ class Gallery:
         validate_whale_id(whale_id)
         with self._mutate:
             groups = [(whale_id, images, False)] + ([(flipped_id(whale_id), flipped, True)] if flipped else [])
-            outs = self.store.add_image_groups(groups)  # one transaction: photos and mirrors, or nothing
+            outs = self.store.add_image_groups(groups, actor)  # one transaction: photos and mirrors, or nothing
             in_step = self._track()
             out = outs[0]
             self._names[out.identity_id] = (whale_id, False)
@@ -331,19 +338,19 @@ class Gallery:
             total = len(self._images_of.get(out.identity_id, ()))
         return AddResult(whale_id, out.added_ids, out.duplicate_ids, total)
 
-    def remove_identity(self, whale_id: str) -> None:
+    def remove_identity(self, whale_id: str, actor: str | None = None) -> None:
         """Delete an identity, its mirror identity and all their photos (durable when this returns).
 
         Raises:
             UnknownIdentityError: no such identity.
         """
         with self._mutate:
-            for ident in self.store.remove_identity(whale_id):
+            for ident in self.store.remove_identity(whale_id, actor):
                 self._resync(ident)
             if not self._track():
                 self._load_or_rebuild()
 
-    def remove_image(self, whale_id: str, image_id: int) -> bool:
+    def remove_image(self, whale_id: str, image_id: int, actor: str | None = None) -> bool:
         """Delete one photo (and its mirror copy). Returns whether the identity went with it.
 
         Raises:
@@ -353,7 +360,7 @@ class Gallery:
             mirror = (
                 self.store.identity_id(flipped_id(whale_id)) if self.store.has_identity(flipped_id(whale_id)) else None
             )
-            ident, _sha, deleted = self.store.remove_image(whale_id, image_id)
+            ident, _sha, deleted = self.store.remove_image(whale_id, image_id, actor)
             self._resync(ident)
             if mirror is not None:
                 self._resync(mirror)
@@ -433,6 +440,13 @@ class Gallery:
         for name, _s, ident in pairs:
             ident_of.setdefault(name, ident)
         return [Hit(name, score, ident_of[name]) for name, score in ranked]
+
+    def ranking_within(self, query: np.ndarray, names: dict[int, str], k: int) -> list[Hit]:
+        """The embedding ranking restricted to ``names`` (``identity_id -> whale_id``): exact cosines as
+        :meth:`similarities` scores them, best first, ties by whale id; ``query`` ``(d,) float32``."""
+        sims = self.similarities(query, list(names))
+        ordered = sorted(sims.items(), key=lambda kv: (-round(kv[1], TIE_DECIMALS), names[kv[0]]))
+        return [Hit(names[i], float(s), i) for i, s in ordered[:k]]
 
     def centroid(self, whale_id: str) -> np.ndarray:
         """``(d,) float32`` L2-normalised centroid of an identity's photos (computed from the store).

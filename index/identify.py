@@ -26,6 +26,7 @@ from core.preprocess import DecodedImage, DecodeLimits, decode_image
 from index import modes
 from index.embedder import PhotoEmbedder, aggregate_tta
 from index.fluke_check import FlukeChecker
+from index.metadata import PhotoMetadata, SearchScope, metadata_from_exif
 from index.ranking import NEW_WHALE, insert_new_whale
 
 if TYPE_CHECKING:  # index.gallery imports faiss
@@ -47,6 +48,8 @@ class PreparedPhoto:
         boxes: ``(n_boxes, 4) float32`` TTA boxes in pixels.
         inputs: ``(n_boxes, 3, H, W) float32`` network inputs (then the mirror's when asked for).
         timings_ms: milliseconds per stage so far (``decode``, ``boxes``; the caller adds ``embed``).
+        metadata: when and where (:class:`index.metadata.PhotoMetadata` fields) from the caller, completed
+            by the photo's EXIF.
     """
 
     image: DecodedImage
@@ -55,6 +58,7 @@ class PreparedPhoto:
     boxes: np.ndarray
     inputs: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
 
 
 class Identifier:
@@ -131,12 +135,13 @@ class Identifier:
             )
         return mode, (float(threshold) if threshold is not None else self.manifest.threshold_for(mode))
 
-    def prepare(self, data: bytes, flipped: bool = False) -> PreparedPhoto:
+    def prepare(self, data: bytes, flipped: bool = False, metadata: PhotoMetadata | None = None) -> PreparedPhoto:
         """Decode a photo and build its network inputs.
 
         Args:
             data: the photo's bytes.
             flipped: also build the mirror image's inputs (enrolment with mirrored identities).
+            metadata: what the caller says of the photo (over what its EXIF says, field by field).
 
         Raises:
             InputImageError subclasses: empty, too large, unsupported, undecodable.
@@ -150,8 +155,15 @@ class Identifier:
         boxes = self.embedder.boxes_for(image.pixels, base)
         inputs = self.embedder.batch_for(image.pixels, boxes, flipped)
         t2 = time.perf_counter()
+        meta = (metadata or PhotoMetadata()).merged_over(metadata_from_exif(data)).as_dict()
         return PreparedPhoto(
-            image, sha256_bytes(data), base, boxes, inputs, {"decode": (t1 - t0) * 1e3, "boxes": (t2 - t1) * 1e3}
+            image,
+            sha256_bytes(data),
+            base,
+            boxes,
+            inputs,
+            {"decode": (t1 - t0) * 1e3, "boxes": (t2 - t1) * 1e3},
+            meta,
         )
 
     @staticmethod
@@ -169,6 +181,7 @@ class Identifier:
         scoring: str | None = None,
         threshold: float | None = None,
         explain: bool = False,
+        scope: SearchScope | None = None,
     ) -> dict:
         """Rank the gallery for an embedded photo: the body of an identify response.
 
@@ -178,6 +191,8 @@ class Identifier:
             k: ranked entries returned (new_whale included).
             scoring, threshold: as :meth:`resolve`.
             explain: attach the keypoint pairs (``local`` and ``fused``).
+            scope: answer only whales with a photo inside it (place, area, dates); the response's
+                ``scope`` says what was applied and how many whales it left.
 
         Returns:
             ``predictions`` (``rank``, ``whale_id``, ``score``, ``evidence``), ``boxes``,
@@ -190,20 +205,28 @@ class Identifier:
         mode, thr = self.resolve(scoring, threshold)
         spec = modes.get(mode)
         t0 = time.perf_counter()
-        [hits] = self.gallery.search(query, spec.embedding_k(self.manifest, k))
+        names = None
+        if scope is not None and not scope.is_empty():
+            names = self.gallery.in_scope(scope)
+            hits = self.gallery.ranking_within(query, names, spec.embedding_k(self.manifest, k))
+        else:
+            [hits] = self.gallery.search(query, spec.embedding_k(self.manifest, k))
         prep.timings_ms["search"] = (time.perf_counter() - t0) * 1e3
-        scope = spec.match_scope(self.manifest)
+        match_scope = spec.match_scope(self.manifest)
         features = None
         t1 = time.perf_counter()
-        if scope != "none" and self.matcher is not None:
+        if match_scope != "none" and self.matcher is not None:
             features = self.local.extract(prep.image.pixels, prep.base_box)
-        ev = modes.gather(self.gallery, hits, query, self.matcher, features, scope)
+        ev = modes.gather(self.gallery, hits, query, self.matcher, features, match_scope, names)
         entries = modes.rank(spec, ev, self.manifest, k, explain)
         if features is not None:
             prep.timings_ms["local"] = (time.perf_counter() - t1) * 1e3
         ranked = [(e.whale_id, e.score) for e in entries]
         evidence = self._evidence(entries, query, explain)
         exact = self.gallery.store.photos_with_sha256(prep.sha256)
+        if names is not None:  # the exact-photo rule answers in-scope whales only
+            allowed = set(names.values())
+            exact = [(w, i) for w, i in exact if w in allowed]
         if exact:
             # The photo itself is in the gallery: its whale is certain, whatever the model says.
             exact_ids = {w for w, _ in exact}
@@ -221,7 +244,12 @@ class Identifier:
                 item["evidence"] = evidence[wid]
             predictions.append(item)
         check = self.fluke_checker.check(prep.image.pixels, hits, bool(exact))
-        return {
+        extra = {}
+        if names is not None:
+            extra["scope"] = {"applied": scope.as_dict(), "whales_in_scope": len(names)}
+        if prep.metadata:
+            extra["photo_metadata"] = prep.metadata
+        return extra | {
             "predictions": predictions,
             "boxes": [[round(float(v), 1) for v in b] for b in prep.boxes],
             "detected_box": None if prep.base_box is None else [round(float(v), 1) for v in prep.base_box],
@@ -242,6 +270,8 @@ class Identifier:
         scoring: str | None = None,
         threshold: float | None = None,
         explain: bool = False,
+        scope: SearchScope | None = None,
+        metadata: PhotoMetadata | None = None,
     ) -> dict:
         """Identify one photo synchronously (the network is ``embedder.embed_fn``, one call for its boxes).
 
@@ -250,12 +280,12 @@ class Identifier:
         """
         self.resolve(scoring, threshold)  # a bad request fails before any work
         t_start = time.perf_counter()
-        prep = self.prepare(data)
+        prep = self.prepare(data, metadata=metadata)
         t0 = time.perf_counter()
         out = np.asarray(self.embedder.embed_fn(prep.inputs), dtype=np.float32)
         prep.timings_ms["embed"] = (time.perf_counter() - t0) * 1e3
         query, _ = self.embeddings_of(prep, out)
-        res = self.rank(prep, query, k, scoring, threshold, explain)
+        res = self.rank(prep, query, k, scoring, threshold, explain, scope)
         res["timing_ms"]["total"] = (time.perf_counter() - t_start) * 1e3
         return res
 

@@ -60,6 +60,7 @@ def main() -> None:
             [(p.image, p.whale_id, p.box) for p in split.train],
             flipped=flipped,
             thumbnails=False,
+            originals=False,
         )
         out["gallery_s"] = round(time.perf_counter() - t0, 1)
         queries = split.queries()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Annotated
 
@@ -30,3 +31,14 @@ def require_api_key(service: Service, x_api_key: Annotated[str | None, Header()]
 
 
 WriteAccess = Depends(require_api_key)
+
+
+def actor(x_api_key: Annotated[str | None, Header()] = None) -> str:
+    """Who makes a change, for the audit log: ``key:<first 12 hex digits of the key's sha256>`` (so two keys
+    can be told apart without storing either), or ``anonymous`` without a key."""
+    if not x_api_key:
+        return "anonymous"
+    return "key:" + hashlib.sha256(x_api_key.encode()).hexdigest()[:12]
+
+
+Actor = Annotated[str, Depends(actor)]

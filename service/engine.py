@@ -27,6 +27,7 @@ from core.preprocess import DecodeLimits
 from index.build import make_thumbnail
 from index.bundle import open_bundle
 from index.identify import PreparedPhoto
+from index.metadata import PhotoMetadata, SearchScope, near_duplicates, perceptual_hash
 from index.store import GalleryStore, NewImage
 from service.batching import MicroBatcher
 from service.config import Settings
@@ -152,13 +153,14 @@ class WhaleService:
 
     # -- pipeline ----------------------------------------------------------------------------
 
-    async def prepare(self, data: bytes, flipped: bool = False) -> PreparedPhoto:
-        """Decode a photo and build its model inputs (in a worker thread).
+    async def prepare(self, data: bytes, flipped: bool = False, metadata: PhotoMetadata | None = None) -> PreparedPhoto:
+        """Decode a photo and build its model inputs (in a worker thread); its metadata is ``metadata``
+        completed by its EXIF.
 
         Raises:
             InputImageError subclasses: empty, too large, unsupported, undecodable.
         """
-        return await to_thread.run_sync(self.identifier.prepare, data, flipped)
+        return await to_thread.run_sync(self.identifier.prepare, data, flipped, metadata)
 
     async def embed(self, prep: PreparedPhoto, flipped: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """``(d,)`` embedding of a prepared photo (and of its mirror image when ``flipped``)."""
@@ -174,9 +176,12 @@ class WhaleService:
         threshold: float | None = None,
         scoring: str | None = None,
         explain: bool = False,
+        scope: SearchScope | None = None,
+        metadata: PhotoMetadata | None = None,
     ) -> dict:
         """Identify one photo: top-``k`` identities with new_whale placed by the threshold
-        (:meth:`index.identify.Identifier.rank`, the network run by the micro-batcher).
+        (:meth:`index.identify.Identifier.rank`, the network run by the micro-batcher), among the whales
+        inside ``scope`` when given.
 
         A photo already in the gallery (same bytes) names its whale first with score 1.0 (evidence
         ``exact_photo``), whatever the model says.
@@ -187,9 +192,9 @@ class WhaleService:
         """
         t_start = time.perf_counter()
         self.identifier.resolve(scoring, threshold)  # a bad request fails before any work
-        prep = await self.prepare(data)
+        prep = await self.prepare(data, metadata=metadata)
         query, _ = await self.embed(prep)
-        res = await to_thread.run_sync(self.identifier.rank, prep, query, k, scoring, threshold, explain)
+        res = await to_thread.run_sync(self.identifier.rank, prep, query, k, scoring, threshold, explain, scope)
         timings = res["timing_ms"]
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         for stage, ms in timings.items():
@@ -198,11 +203,20 @@ class WhaleService:
         res["timing_ms"] = {k2: round(v, 2) for k2, v in timings.items()}
         return res
 
-    async def enrol(self, photos: list[tuple[str, bytes]], whale_id: str | None) -> dict:
+    async def enrol(
+        self,
+        photos: list[tuple[str, bytes]],
+        whale_id: str | None,
+        metadata: PhotoMetadata | None = None,
+        actor: str | None = None,
+    ) -> dict:
         """Enrol photos under ``whale_id`` (a new readable id when None), atomically.
 
         Every photo is decoded and embedded before anything is stored, so a bad photo fails the
         request and stores nothing. Photos already stored for the whale (same bytes) are not added twice.
+        Each photo is stored with its original bytes, its perceptual hash and its metadata (``metadata``
+        over its EXIF); stored photos within ``NEAR_DUPLICATE_BITS`` of a new one (a re-saved or resized
+        copy) are reported in ``near_duplicates``.
 
         Raises:
             InputImageError subclasses (naming no file: the message says which one in ``detail``),
@@ -216,18 +230,20 @@ class WhaleService:
         new, mirror = [], []
         for name, data in photos:
             try:
-                prep = await self.prepare(data, flipped)
+                prep = await self.prepare(data, flipped, metadata)
             except WhaleidError as exc:
                 exc.detail = f"{exc.detail} (file {name!r})" if name else exc.detail
                 raise
             emb, femb = await self.embed(prep, flipped)
             sha = prep.sha256
-            thumb, feats = await to_thread.run_sync(self._extras, prep)
-            new.append(NewImage(sha, emb, name or None, prep.boxes[0].tolist(), thumb, feats))
+            thumb, feats, phash = await to_thread.run_sync(self._extras, prep)
+            box = prep.boxes[0].tolist()
+            new.append(NewImage(sha, emb, name or None, box, thumb, feats, prep.metadata or None, phash, data))
             if flipped:
                 mirror.append(NewImage(sha, femb, name or None))
+        near = await to_thread.run_sync(self._near_duplicates, new, [name for name, _ in photos])
         wid = whale_id or await to_thread.run_sync(self.store.next_auto_whale_id)
-        res = await to_thread.run_sync(self.gallery.add, wid, new, mirror or None)
+        res = await to_thread.run_sync(self.gallery.add, wid, new, mirror or None, actor)
         self.changed()
         others = await to_thread.run_sync(self._other_owners, wid, [img.sha256 for img in new])
         return {
@@ -238,17 +254,33 @@ class WhaleService:
             "images_total": res.images_total,
             "gallery_size": len(self.gallery),
             "also_enrolled_as": others,
+            "near_duplicates": near,
         }
+
+    def _near_duplicates(self, new: list[NewImage], names: list[str]) -> list[dict]:
+        """Stored photos that look like a new one (perceptual hash within ``NEAR_DUPLICATE_BITS``) but are not
+        the same bytes: ``[{file, whale_id, image_id, bits}]``."""
+        stored = self.store.photo_hashes()
+        if not stored:
+            return []
+        same = {img.sha256 for img in new}
+        out = []
+        for img, name in zip(new, names, strict=True):
+            exact = {i for _, i in self.store.photos_with_sha256(img.sha256)} if img.sha256 in same else set()
+            for wid, image_id, bits in near_duplicates(img.phash, stored):
+                if image_id not in exact:
+                    out.append({"file": name or None, "whale_id": wid, "image_id": image_id, "bits": bits})
+        return out
 
     def _other_owners(self, whale_id: str, sha256s: list[str]) -> list[str]:
         """Whales other than ``whale_id`` holding a photo with one of these checksums, sorted."""
         store = self.store
         return sorted({w for sha in set(sha256s) for w, _ in store.photos_with_sha256(sha) if w != whale_id})
 
-    def _extras(self, prep: PreparedPhoto) -> tuple[bytes, bytes | None]:
+    def _extras(self, prep: PreparedPhoto) -> tuple[bytes, bytes | None, str]:
         thumb = make_thumbnail(prep.image.pixels, self.settings.thumbnail_px)
         feats = self.local.encode_photo(prep.image.pixels, prep.base_box) if self.local is not None else None
-        return thumb, feats
+        return thumb, feats, perceptual_hash(prep.image.pixels)
 
     def changed(self) -> None:
         """Count a gallery change; snapshot the FAISS index in the background every ``snapshot_every``."""

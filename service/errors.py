@@ -8,6 +8,7 @@
 | InvalidImageError (truncated, corrupt)     | 422    |
 | InvalidIdentityError, InvalidRequestError  | 422    |
 | UnknownIdentityError, UnknownImageError    | 404    |
+| IdentityConflictError                      | 409    |
 | StoreBusyError, StorageError (transient)   | 503 + Retry-After |
 | InsufficientStorageError (disk full)       | 507    |
 | anything else                              | 500    |
@@ -26,6 +27,7 @@ from starlette.routing import Match
 
 from core.errors import (
     EmptyUploadError,
+    IdentityConflictError,
     ImageTooLargeError,
     InsufficientStorageError,
     InvalidIdentityError,
@@ -48,6 +50,7 @@ STATUS = {
     InvalidIdentityError: 422,
     InvalidRequestError: 422,
     UnknownIdentityError: 404,
+    IdentityConflictError: 409,
     UnknownImageError: 404,
     StorageError: 503,
     InsufficientStorageError: 507,

@@ -23,7 +23,7 @@ from service.errors import install_error_handlers
 from service.limits import MULTIPART_OVERHEAD_BYTES, BodyLimitMiddleware
 from service.metrics import method_label
 from service.openapi import install_openapi
-from service.routes import gallery, health, identify
+from service.routes import catalogue, gallery, health, identify
 from service.server import http_protocol
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(identify.router)
     app.include_router(gallery.router)
+    app.include_router(catalogue.router)
 
     def limit_for(path: str, method: str) -> int | None:
         if method != "POST":

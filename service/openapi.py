@@ -151,9 +151,9 @@ def complete_document(doc: dict[str, Any], app: FastAPI) -> dict[str, Any]:
                 statuses.add(422)  # FastAPI's validation
             if method == "post":
                 statuses.add(413)  # service.limits.BodyLimitMiddleware
-            if path.startswith("/gallery") or method == "post":
+            if path.startswith(("/gallery", "/audit")) or method == "post":
                 statuses.add(503)  # the store (or an upload's temporary file) cannot be used right now
-            if method in ("post", "delete"):
+            if method in ("post", "delete", "patch"):
                 statuses.add(507)  # no space left for the change
             responses = op.setdefault("responses", {})
             for status in sorted(statuses):

@@ -59,6 +59,11 @@ class Prediction(BaseModel):
     evidence: Evidence | None = None
 
 
+class ScopeInfo(BaseModel):
+    applied: dict = Field(description="The criteria: location, bbox, near, date_from, date_to.")
+    whales_in_scope: int = Field(description="Whales with a photo inside the scope: the only possible answers.")
+
+
 class IdentifyResponse(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -129,6 +134,29 @@ class IdentifyResponse(BaseModel):
     )
     fluke_check: FlukeCheckInfo
     timing_ms: dict[str, float] = Field(description="Milliseconds per stage: decode, boxes, embed, search, total.")
+    scope: ScopeInfo | None = Field(None, description="With scope_* parameters: the scope applied.")
+    photo_metadata: PhotoMetadataModel | None = Field(
+        None, description="The query photo's date and place: the form fields sent, completed by its EXIF."
+    )
+
+
+class NearDuplicate(BaseModel):
+    file: str | None = Field(description="The uploaded file it concerns.")
+    whale_id: str
+    image_id: int
+    bits: int = Field(description="Bits of the 64-bit perceptual hashes that differ (0: the same picture).")
+
+
+class PhotoMetadataModel(BaseModel):
+    """When and where, who: from the form fields, else the photo's EXIF (see index/metadata.py)."""
+
+    taken_at: str | None = Field(None, description="ISO 8601, with its UTC offset when known.")
+    latitude: float | None = Field(None, ge=-90, le=90)
+    longitude: float | None = Field(None, ge=-180, le=180)
+    location: str | None = Field(None, max_length=200)
+    encounter_id: str | None = Field(None, max_length=100)
+    photographer: str | None = Field(None, max_length=200)
+    notes: str | None = Field(None, max_length=2000)
 
 
 class EnrolResponse(BaseModel):
@@ -156,6 +184,11 @@ class EnrolResponse(BaseModel):
         default_factory=list,
         description="Other whales that already hold one of these photos (same bytes): worth a second look.",
     )
+    near_duplicates: list[NearDuplicate] = Field(
+        default_factory=list,
+        description="Stored photos that look like one of these (a re-saved or resized copy: perceptual hash "
+        "within 8 of 64 bits) without being the same bytes: worth a second look.",
+    )
 
 
 class WhaleSummary(BaseModel):
@@ -178,11 +211,52 @@ class ImageInfo(BaseModel):
     box: list[float] | None = Field(description="The box embedded first, [x0, y0, x1, y1] pixels.")
     added_at: str
     thumbnail_url: str | None
+    metadata: PhotoMetadataModel = Field(default_factory=PhotoMetadataModel)
+    has_original: bool = Field(False, description="The original photo is stored (export and reindex need it).")
 
 
 class WhaleDetail(BaseModel):
     whale_id: str
     images: list[ImageInfo]
+
+
+class RenameRequest(BaseModel):
+    whale_id: str = Field(description="The new whale id.")
+
+
+class MergeRequest(BaseModel):
+    into: str = Field(description="The whale that receives the photos; the one in the path disappears.")
+
+
+class MoveRequest(BaseModel):
+    image_ids: list[int] = Field(min_length=1, max_length=1000, description="Photos of the whale in the path.")
+    to: str = Field(description="A known whale, or a new whale id (created): a split.")
+
+
+class CatalogueChange(BaseModel):
+    whale_id: str = Field(description="The whale after the change (the renamed, receiving or target whale).")
+    gallery_size: int
+    moved_image_ids: list[int] = Field(default_factory=list)
+    dropped_duplicates: list[int] = Field(
+        default_factory=list, description="Photos the receiving whale already held (same bytes): removed."
+    )
+    created: bool = False
+    source_deleted: bool = False
+
+
+class AuditEntry(BaseModel):
+    audit_id: int
+    at: str
+    operation: str
+    actor: str | None = Field(description="'key:<fingerprint>' of the API key used, or 'anonymous'; never the key.")
+    details: dict
+
+
+class AuditPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    entries: list[AuditEntry]
 
 
 class Deleted(BaseModel):
@@ -206,6 +280,7 @@ ERRORS = {
     401: {"model": ErrorBody, "description": "Missing API key."},
     403: {"model": ErrorBody, "description": "Wrong API key."},
     404: {"model": ErrorBody, "description": "Unknown whale or image."},
+    409: {"model": ErrorBody, "description": "The new whale id is taken."},
     413: {"model": ErrorBody, "description": "Upload over the byte or pixel limit."},
     415: {"model": ErrorBody, "description": "Not an image, or an unsupported format."},
     422: {"model": ErrorBody, "description": "Undecodable or truncated image; invalid parameter or whale id."},

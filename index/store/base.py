@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -88,6 +88,8 @@ class ImageRecord:
     box_xyxy_px: list[float] | None
     added_at: str
     has_thumbnail: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+    has_original: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,44 @@ class NewImage:
     box_xyxy_px: Sequence[float] | None = None
     thumbnail: bytes | None = None
     local_features: bytes | None = None
+    #: when and where, who (``index.metadata.PhotoMetadata.as_dict()``)
+    metadata: dict[str, Any] | None = None
+    #: 16-hex-digit perceptual hash (``index.metadata.perceptual_hash``)
+    phash: str | None = None
+    #: the photo's original bytes (export, and re-embedding with another model: ``whaleid reindex``)
+    original: bytes | None = None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One change of the catalogue: when, what, by whom (an API key's fingerprint, never the key)."""
+
+    audit_id: int
+    at: str
+    operation: str
+    actor: str | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    """What :meth:`GalleryStore.merge_identities` did: ``source`` merged into ``target``."""
+
+    target_identity_id: int
+    removed_identity_ids: list[int]
+    moved_image_ids: list[int]
+    duplicate_image_ids: list[int]
+
+
+@dataclass(frozen=True)
+class MoveOutcome:
+    """What :meth:`GalleryStore.move_images` did."""
+
+    source_identity_id: int
+    target_identity_id: int
+    moved_image_ids: list[int]
+    created: bool
+    source_deleted: bool
 
 
 @runtime_checkable
@@ -157,19 +197,52 @@ class GalleryStore(Protocol):
         holds is skipped. ``flipped``: a never-answered mirror identity (:func:`flipped_id`)."""
         ...
 
-    def add_image_groups(self, groups: Sequence[tuple[str, Iterable[NewImage], bool]]) -> list[AddOutcome]:
+    def add_image_groups(
+        self, groups: Sequence[tuple[str, Iterable[NewImage], bool]], actor: str | None = None
+    ) -> list[AddOutcome]:
         """:meth:`add_images` for several identities in one transaction: all or nothing."""
         ...
 
-    def remove_identity(self, whale_id: str) -> list[int]:
+    def remove_identity(self, whale_id: str, actor: str | None = None) -> list[int]:
         """Delete an identity, its mirror and their photos; returns the deleted identity ids.
         Raises UnknownIdentityError."""
         ...
 
-    def remove_image(self, whale_id: str, image_id: int) -> tuple[int, str, bool]:
+    def remove_image(self, whale_id: str, image_id: int, actor: str | None = None) -> tuple[int, str, bool]:
         """Delete one photo (and its mirror copy); an identity left empty is deleted.
         Returns ``(identity_id, sha256, identity_deleted)``. Raises UnknownIdentityError, UnknownImageError."""
         ...
+
+    def rename_identity(self, whale_id: str, new_whale_id: str, actor: str | None = None) -> int:
+        """Rename a whale (and its mirror identity); its identity id, photos and history stay.
+        Returns the identity id. Raises UnknownIdentityError, InvalidIdentityError (a bad new id),
+        IdentityConflictError (the new id is taken)."""
+        ...
+
+    def merge_identities(self, source: str, target: str, actor: str | None = None) -> MergeOutcome:
+        """Move every photo of ``source`` (and of its mirror) to ``target``; ``source`` disappears. A photo
+        ``target`` already holds (same sha256) is dropped, not doubled. Raises UnknownIdentityError,
+        InvalidRequestError (a whale into itself)."""
+        ...
+
+    def move_images(
+        self, whale_id: str, image_ids: Sequence[int], target: str, actor: str | None = None
+    ) -> MoveOutcome:
+        """Move some photos of ``whale_id`` (and their mirror copies) to ``target``, created when absent (a
+        split); an identity left without photos is deleted. Raises UnknownIdentityError,
+        UnknownImageError, InvalidIdentityError, InvalidRequestError (no photos, or a whale onto itself)."""
+        ...
+
+    def update_metadata(self, whale_id: str, image_id: int, metadata: dict[str, Any], actor: str | None = None) -> None:
+        """Replace a photo's metadata (the fields given; None clears one). Raises UnknownIdentityError,
+        UnknownImageError."""
+        ...
+
+    def audit_log(self, offset: int = 0, limit: int = 100) -> list[AuditRecord]:
+        """Changes, newest first (every change method writes one entry in its own transaction)."""
+        ...
+
+    def count_audit(self) -> int: ...
 
     # -- identities ---------------------------------------------------------------------------------
     def identity_id(self, whale_id: str) -> int:
@@ -219,6 +292,22 @@ class GalleryStore(Protocol):
 
     def stored_photos(self) -> set[tuple[str, str]]:
         """``(whale_id, sha256)`` of every stored photo (mirrors excluded)."""
+        ...
+
+    def photo_hashes(self) -> list[tuple[int, str, str]]:
+        """``(image_id, whale_id, phash)`` of every stored photo with a perceptual hash (mirrors excluded)."""
+        ...
+
+    def photo_metadata(self) -> list[tuple[int, int, dict[str, Any]]]:
+        """``(image_id, identity_id, metadata)`` of every photo with metadata (mirrors excluded)."""
+        ...
+
+    def original_of(self, image_id: int) -> bytes | None:
+        """A photo's original bytes, when stored."""
+        ...
+
+    def export_rows(self) -> Iterable[tuple[str, ImageRecord, bytes | None]]:
+        """Every photo (mirrors excluded): ``(whale_id, record with metadata, original bytes or None)``."""
         ...
 
     # -- embeddings and local features ----------------------------------------------------------------

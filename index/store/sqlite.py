@@ -43,12 +43,14 @@ from index.store.base import (
     _now,
     flipped_id,
 )
+from index.store.sqlite_catalogue import SQLiteCatalogue
 from index.store.sqlite_errors import WRITE_ATTEMPT_S, _Connection
 from index.store.sqlite_reads import SQLiteReads
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: 1: identities and images; 2: photo metadata, perceptual hash and original bytes, the audit log.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,10 +74,19 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_identity ON images(identity_id);
 CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    actor TEXT,
+    details TEXT NOT NULL
+);
 """
+#: Columns schema 2 added to ``images`` (a schema-1 file gains them, empty, when opened).
+_V2_IMAGE_COLUMNS = {"metadata": "TEXT", "phash": "TEXT", "original": "BLOB"}
 
 
-class SQLiteGalleryStore(SQLiteReads):
+class SQLiteGalleryStore(SQLiteCatalogue, SQLiteReads):
     """SQLite store of identities and photo embeddings (a :class:`~index.store.GalleryStore`).
 
     Thread-safe: every call takes the store's lock (SQLite calls are short).
@@ -126,6 +137,10 @@ class SQLiteGalleryStore(SQLiteReads):
             if check != "ok":
                 raise sqlite3.DatabaseError(check)
             self._db.executescript(_SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(images)").fetchall()}
+            for column, kind in _V2_IMAGE_COLUMNS.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE images ADD COLUMN {column} {kind}")
         except sqlite3.DatabaseError as exc:
             raise CorruptArtifactError(self.path, f"not a readable gallery store ({exc})") from exc
         self._init_meta(model_sha256)
@@ -150,6 +165,7 @@ class SQLiteGalleryStore(SQLiteReads):
                 if model_sha256:
                     self._set_meta("model_sha256", model_sha256)
                 return
+            self._set_meta("schema_version", SCHEMA_VERSION)  # schema 1 files were migrated above
         if int(dim) != self.dim:
             raise ManifestMismatchError(
                 f"gallery store {self.path} holds {dim}-d embeddings, but the model makes {self.dim}-d ones"
@@ -217,6 +233,13 @@ class SQLiteGalleryStore(SQLiteReads):
         with suppress(sqlite3.Error, StorageError):
             self._db.execute("ROLLBACK")
 
+    def _audit(self, operation: str, actor: str | None, **details) -> None:
+        """One audit entry, inside the change's own transaction."""
+        self._db.execute(
+            "INSERT INTO audit(at, operation, actor, details) VALUES (?, ?, ?, ?)",
+            (_now(), operation, actor, json.dumps(details, sort_keys=True)),
+        )
+
     def _bump(self) -> None:
         self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
         new = int(self._meta("generation") or 0)
@@ -267,7 +290,9 @@ class SQLiteGalleryStore(SQLiteReads):
         """
         return self.add_image_groups([(whale_id, images, flipped)])[0]
 
-    def add_image_groups(self, groups: Sequence[tuple[str, Iterable[NewImage], bool]]) -> list[AddOutcome]:
+    def add_image_groups(
+        self, groups: Sequence[tuple[str, Iterable[NewImage], bool]], actor: str | None = None
+    ) -> list[AddOutcome]:
         """Add photos to several identities in one durable transaction: all or nothing (a whale's
         photos and their mirror images under ``<whale_id>:flipped`` are stored together or not at all).
 
@@ -289,6 +314,8 @@ class SQLiteGalleryStore(SQLiteReads):
                 outcome, group_changed = self._add_group(whale_id, images, flipped)
                 outcomes.append(outcome)
                 changed = changed or group_changed
+                if outcome.added_ids and not flipped:
+                    self._audit("enrol", actor, whale_id=whale_id, image_ids=outcome.added_ids)
             if changed:
                 self._bump()
         return outcomes
@@ -314,7 +341,7 @@ class SQLiteGalleryStore(SQLiteReads):
                 continue
             cur = self._db.execute(
                 "INSERT INTO images(identity_id, sha256, source, box, embedding, added_at, thumbnail,"
-                " local_features) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " local_features, metadata, phash, original) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     ident,
                     img.sha256,
@@ -324,13 +351,16 @@ class SQLiteGalleryStore(SQLiteReads):
                     _now(),
                     img.thumbnail,
                     img.local_features,
+                    json.dumps(img.metadata) if img.metadata else None,
+                    img.phash,
+                    img.original,
                 ),
             )
             added.append(int(cur.lastrowid))
             positions.append(pos)
         return AddOutcome(ident, added, positions, dupes), bool(added) or row is None
 
-    def remove_identity(self, whale_id: str) -> list[int]:
+    def remove_identity(self, whale_id: str, actor: str | None = None) -> list[int]:
         """Delete an identity and all its photos. Returns the deleted identity ids (it and its mirror).
 
         Raises:
@@ -347,10 +377,11 @@ class SQLiteGalleryStore(SQLiteReads):
             for ident in ids:
                 self._db.execute("DELETE FROM images WHERE identity_id=?", (ident,))
                 self._db.execute("DELETE FROM identities WHERE id=?", (ident,))
+            self._audit("delete_whale", actor, whale_id=whale_id)
             self._bump()
         return ids
 
-    def remove_image(self, whale_id: str, image_id: int) -> tuple[int, str, bool]:
+    def remove_image(self, whale_id: str, image_id: int, actor: str | None = None) -> tuple[int, str, bool]:
         """Delete one photo (and its mirror copy, if any); an identity left without photos is deleted.
 
         Returns:
@@ -381,6 +412,7 @@ class SQLiteGalleryStore(SQLiteReads):
                 if mirror is not None:
                     self._db.execute("DELETE FROM images WHERE identity_id=?", (int(mirror[0]),))
                     self._db.execute("DELETE FROM identities WHERE id=?", (int(mirror[0]),))
+            self._audit("delete_photo", actor, whale_id=whale_id, image_id=int(image_id), whale_deleted=deleted)
             self._bump()
         return ident, sha, deleted
 

@@ -81,6 +81,48 @@ class SQLiteReads:
             ).fetchall()
         return {(r[0], r[1]) for r in rows}
 
+    def photo_hashes(self) -> list[tuple[int, str, str]]:
+        """``(image_id, whale_id, phash)`` of every photo with a perceptual hash (mirrors excluded)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT m.id, i.whale_id, m.phash FROM images m JOIN identities i ON i.id = m.identity_id "
+                "WHERE i.flipped=0 AND m.phash IS NOT NULL"
+            ).fetchall()
+        return [(int(r[0]), r[1], r[2]) for r in rows]
+
+    def photo_metadata(self) -> list[tuple[int, int, dict]]:
+        """``(image_id, identity_id, metadata)`` of every photo with metadata (mirrors excluded)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT m.id, m.identity_id, m.metadata FROM images m JOIN identities i ON i.id = m.identity_id "
+                "WHERE i.flipped=0 AND m.metadata IS NOT NULL"
+            ).fetchall()
+        return [(int(r[0]), int(r[1]), json.loads(r[2])) for r in rows]
+
+    def original_of(self, image_id: int) -> bytes | None:
+        """A photo's original bytes, when stored."""
+        with self._lock:
+            row = self._db.execute("SELECT original FROM images WHERE id=?", (int(image_id),)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def export_rows(self):
+        """Every photo (mirrors excluded), by image id: ``(whale_id, ImageRecord, original bytes or None)``."""
+        with self._lock:
+            ids = [
+                (int(r[0]), r[1])
+                for r in self._db.execute(
+                    "SELECT m.id, i.whale_id FROM images m JOIN identities i ON i.id = m.identity_id "
+                    "WHERE i.flipped=0 ORDER BY m.id"
+                ).fetchall()
+            ]
+        for image_id, whale_id in ids:
+            with self._lock:
+                r = self._db.execute(
+                    f"SELECT {_RECORD_COLUMNS}, original FROM images WHERE id=?", (image_id,)
+                ).fetchone()
+            if r is not None:
+                yield whale_id, _record(whale_id, r[:-1]), (None if r[-1] is None else bytes(r[-1]))
+
     def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every photo: ``(image_ids (n,) int64, identity_ids (n,) int64, embeddings (n, d) float32)``."""
         with self._lock:
@@ -155,14 +197,9 @@ class SQLiteReads:
             if row is None:
                 raise UnknownIdentityError(whale_id)
             rows = self._db.execute(
-                "SELECT id, sha256, source, box, added_at, thumbnail IS NOT NULL FROM images "
-                "WHERE identity_id=? ORDER BY id",
-                (int(row[0]),),
+                f"SELECT {_RECORD_COLUMNS} FROM images WHERE identity_id=? ORDER BY id", (int(row[0]),)
             ).fetchall()
-        return [
-            ImageRecord(int(r[0]), whale_id, r[1], r[2], json.loads(r[3]) if r[3] else None, r[4], bool(r[5]))
-            for r in rows
-        ]
+        return [_record(whale_id, r) for r in rows]
 
     def image_blob(self, image_id: int, column: str) -> bytes | None:
         """The ``thumbnail`` or ``local_features`` blob of a photo (None when not stored)."""
@@ -218,3 +255,20 @@ class SQLiteReads:
 def _like_prefix(prefix: str) -> str:
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + "%"
+
+
+_RECORD_COLUMNS = "id, sha256, source, box, added_at, thumbnail IS NOT NULL, metadata, original IS NOT NULL"
+
+
+def _record(whale_id: str, r) -> ImageRecord:
+    return ImageRecord(
+        int(r[0]),
+        whale_id,
+        r[1],
+        r[2],
+        json.loads(r[3]) if r[3] else None,
+        r[4],
+        bool(r[5]),
+        json.loads(r[6]) if r[6] else {},
+        bool(r[7]),
+    )

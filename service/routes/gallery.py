@@ -5,12 +5,23 @@ from typing import Annotated
 from anyio import to_thread
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
 
-from service.deps import Service, WriteAccess
+from index.metadata import parse_metadata
+from service.deps import Actor, Service, WriteAccess
 from service.errors import TOO_MANY_FILES
 from service.schemas import ERRORS, Deleted, EnrolResponse, GalleryPage, WhaleDetail
 from service.uploads import UploadRoute
 
 router = APIRouter(prefix="/gallery", tags=["gallery"], route_class=UploadRoute)
+#: Descriptions of the photo metadata form fields (POST /gallery and POST /identify).
+META_HELP = {
+    "taken_at": "When the photo was taken, ISO 8601 (e.g. 2019-07-14T09:31:05-04:00); default: its EXIF.",
+    "latitude": "Where, decimal degrees (WGS 84); default: its EXIF GPS position.",
+    "longitude": "Where, decimal degrees (WGS 84); default: its EXIF GPS position.",
+    "location": "A place name, e.g. Hervey Bay (what a scoped search matches).",
+    "encounter_id": "The field team's encounter or sighting id.",
+    "photographer": "Who took the photo.",
+    "notes": "Free text.",
+}
 # SQLite's largest integer: a larger offset or image id cannot even be looked up (422, not a 500)
 MAX_SQLITE_INT = 2**63 - 1
 ImageId = Annotated[int, Path(ge=1, le=MAX_SQLITE_INT, description="A photo's id (from POST /gallery).")]
@@ -21,15 +32,23 @@ ImageId = Annotated[int, Path(ge=1, le=MAX_SQLITE_INT, description="A photo's id
     status_code=201,
     response_model=EnrolResponse,
     dependencies=[WriteAccess],
-    responses={k: v for k, v in ERRORS.items() if k != 404},  # a new whale id is created, never 404
+    responses={k: v for k, v in ERRORS.items() if k not in (404, 409)},  # a new whale id is created, never 404
     summary="Enrol a new whale or add photos to a known one",
 )
 async def enrol(
     service: Service,
     files: Annotated[list[UploadFile], File(description="One or more photos of the same whale.")],
+    actor: Actor,
     whale_id: Annotated[
         str | None, Form(description="Known or new whale id; left out: a new readable id is assigned.")
     ] = None,
+    taken_at: Annotated[str | None, Form(description=META_HELP["taken_at"])] = None,
+    latitude: Annotated[float | None, Form(ge=-90, le=90, description=META_HELP["latitude"])] = None,
+    longitude: Annotated[float | None, Form(ge=-180, le=180, description=META_HELP["longitude"])] = None,
+    location: Annotated[str | None, Form(max_length=200, description=META_HELP["location"])] = None,
+    encounter_id: Annotated[str | None, Form(max_length=100, description=META_HELP["encounter_id"])] = None,
+    photographer: Annotated[str | None, Form(max_length=200, description=META_HELP["photographer"])] = None,
+    notes: Annotated[str | None, Form(max_length=2000, description=META_HELP["notes"])] = None,
 ) -> dict:
     """Add photos to a whale (created when new). The 201 is sent after the store is on disk (fsynced).
     A photo already stored for that whale (same bytes) is not added twice. A bad photo fails the whole
@@ -39,8 +58,19 @@ async def enrol(
     """
     if len(files) > service.settings.max_files:
         raise HTTPException(413, TOO_MANY_FILES.format(limit=service.settings.max_files))
+    meta = parse_metadata(
+        dict(
+            taken_at=taken_at,
+            latitude=latitude,
+            longitude=longitude,
+            location=location,
+            encounter_id=encounter_id,
+            photographer=photographer,
+            notes=notes,
+        )
+    )
     photos = [(f.filename or "", await f.read()) for f in files]
-    return await service.enrol(photos, whale_id or None)
+    return await service.enrol(photos, whale_id or None, meta, actor)
 
 
 @router.get("", response_model=GalleryPage, summary="List whales (paged, with photo counts)")
@@ -73,6 +103,8 @@ async def whale(service: Service, whale_id: str, request: Request) -> dict:
                 "source": r.source,
                 "box": r.box_xyxy_px,
                 "added_at": r.added_at,
+                "metadata": r.metadata,
+                "has_original": r.has_original,
                 "thumbnail_url": str(request.url_for("thumbnail", whale_id=whale_id, image_id=r.image_id).path)
                 if r.has_thumbnail
                 else None,
@@ -114,8 +146,8 @@ async def thumbnail(service: Service, whale_id: str, image_id: ImageId, request:
     responses={k: ERRORS[k] for k in (401, 403, 404)},
     summary="Delete a whale and all its photos",
 )
-async def delete_whale(service: Service, whale_id: str) -> dict:
-    await to_thread.run_sync(service.gallery.remove_identity, whale_id)
+async def delete_whale(service: Service, whale_id: str, actor: Actor) -> dict:
+    await to_thread.run_sync(service.gallery.remove_identity, whale_id, actor)
     service.changed()
     return {"whale_id": whale_id, "identity_deleted": True, "gallery_size": len(service.gallery)}
 
@@ -127,8 +159,8 @@ async def delete_whale(service: Service, whale_id: str) -> dict:
     responses={k: ERRORS[k] for k in (401, 403, 404)},
     summary="Delete one photo of a whale",
 )
-async def delete_image(service: Service, whale_id: str, image_id: ImageId) -> dict:
-    deleted = await to_thread.run_sync(service.gallery.remove_image, whale_id, image_id)
+async def delete_image(service: Service, whale_id: str, image_id: ImageId, actor: Actor) -> dict:
+    deleted = await to_thread.run_sync(service.gallery.remove_image, whale_id, image_id, actor)
     service.changed()
     return {
         "whale_id": whale_id,

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from core.errors import InvalidRequestError
 from core.manifest import ScoringModeName
+from index.metadata import PhotoMetadata, SearchScope, parse_metadata
 from service.deps import Service
 from service.schemas import ERRORS, IdentifyResponse
 from service.uploads import UploadRoute
@@ -13,14 +15,15 @@ from service.uploads import UploadRoute
 router = APIRouter(tags=["identify"], route_class=UploadRoute)
 
 #: Options of POST /identify, all query parameters: a form field of that name is refused, never ignored.
-QUERY_OPTIONS = ("k", "threshold", "scoring", "explain")
+#: (Form fields may carry the query photo's metadata: taken_at, latitude, ... as for POST /gallery.)
+QUERY_OPTIONS = ("k", "threshold", "scoring", "explain", "scope_location", "scope_bbox", "scope_near")
 
 
 @router.post(
     "/identify",
     response_model=IdentifyResponse,
     response_model_exclude_none=True,
-    responses={k: v for k, v in ERRORS.items() if k not in (401, 403, 404)},
+    responses={k: v for k, v in ERRORS.items() if k not in (401, 403, 404, 409)},
     summary="Identify a fluke photo",
 )
 async def identify(
@@ -36,6 +39,25 @@ async def identify(
         ScoringModeName | None, Query(description="Scoring mode (default: the bundle's; GET /ready lists them).")
     ] = None,
     explain: Annotated[bool, Query(description="Include matched keypoint pairs (local and fused modes).")] = False,
+    scope_location: Annotated[
+        str | None, Query(max_length=200, description="Answer only whales photographed at this place name.")
+    ] = None,
+    scope_bbox: Annotated[
+        str | None,
+        Query(
+            pattern=r"^-?[0-9.]+,-?[0-9.]+,-?[0-9.]+,-?[0-9.]+$",
+            description="Only whales photographed inside lat_min,lon_min,lat_max,lon_max (decimal degrees).",
+        ),
+    ] = None,
+    scope_near: Annotated[
+        str | None,
+        Query(
+            pattern=r"^-?[0-9.]+,-?[0-9.]+,[0-9.]+$",
+            description="Only whales photographed within radius_km of lat,lon: 'lat,lon,radius_km'.",
+        ),
+    ] = None,
+    scope_from: Annotated[date | None, Query(description="Only whales photographed on or after this date.")] = None,
+    scope_to: Annotated[date | None, Query(description="Only whales photographed on or before this date.")] = None,
 ) -> dict:
     """Embed the photo through its TTA boxes (multi-box TTA) and return the top-k identities of the gallery,
     with `new_whale` inserted at the first rank whose score falls below the threshold.
@@ -43,7 +65,8 @@ async def identify(
     Example: `curl -F file=@fluke.jpg http://127.0.0.1:8000/identify`
     """
     form = await request.form()  # the form FastAPI already parsed (cached)
-    other = sorted({key for key in form if key != "file"})
+    meta = parse_metadata({key: form.get(key) for key in form if key in PhotoMetadata.model_fields})
+    other = sorted({key for key in form if key != "file" and key not in PhotoMetadata.model_fields})
     if other:
         options = [key for key in other if key in QUERY_OPTIONS]
         raise InvalidRequestError(
@@ -56,5 +79,29 @@ async def identify(
         raise InvalidRequestError(
             f"one photo per request in the field 'file' (got {sent}); POST /gallery takes several"
         )
+    scope = _scope(scope_location, scope_bbox, scope_near, scope_from, scope_to)
     data = await file.read()
-    return await service.identify(data, k=k, threshold=threshold, scoring=scoring, explain=explain)
+    return await service.identify(
+        data, k=k, threshold=threshold, scoring=scoring, explain=explain, scope=scope, metadata=meta
+    )
+
+
+def _scope(location, bbox, near, date_from, date_to) -> SearchScope | None:
+    """The search scope of the ``scope_*`` parameters, or None.
+
+    Raises:
+        InvalidRequestError: a box whose corners are out of order or out of range, a negative radius.
+    """
+    try:
+        box = tuple(float(v) for v in bbox.split(",")) if bbox else None
+        circle = tuple(float(v) for v in near.split(",")) if near else None
+    except ValueError:
+        raise InvalidRequestError("scope_bbox and scope_near take numbers separated by commas") from None
+    if box and not (-90 <= box[0] <= box[2] <= 90 and -180 <= box[1] <= box[3] <= 180):
+        raise InvalidRequestError("scope_bbox is lat_min,lon_min,lat_max,lon_max with min <= max, in degrees")
+    if circle and not (-90 <= circle[0] <= 90 and -180 <= circle[1] <= 180 and circle[2] >= 0):
+        raise InvalidRequestError("scope_near is lat,lon,radius_km with a position in degrees and radius >= 0")
+    if date_from and date_to and date_from > date_to:
+        raise InvalidRequestError("scope_from is after scope_to")
+    scope = SearchScope(location=location or None, bbox=box, near=circle, date_from=date_from, date_to=date_to)
+    return None if scope.is_empty() else scope

@@ -24,7 +24,7 @@ def test_error_map_covers_the_odd_image_statuses():
     assert status_of(errors.ManifestError("x")) == 500
     assert status_of(errors.StoreBusyError("x")) == 503 and status_of(errors.StorageError("x")) == 503
     assert status_of(errors.InsufficientStorageError("x")) == 507
-    assert set(STATUS.values()) == {400, 404, 413, 415, 422, 503, 507}
+    assert set(STATUS.values()) == {400, 404, 409, 413, 415, 422, 503, 507}
 
 
 def test_micro_batcher_groups_concurrent_requests_and_isolates_failures():
