@@ -144,6 +144,8 @@ class WhaleService:
             "tta": m.tta.describe(has_box=m.detector is not None),
             "scoring": self.scoring,
             "scoring_modes": self.available_modes(),
+            # the modes a request may use without its own threshold (the review page offers these)
+            "calibrated_modes": [m for m in self.available_modes() if m in self.manifest.thresholds],
             "thresholds": {k: v.value for k, v in m.thresholds.items()},
             "local_matcher": None if m.local_features is None else m.local_features.matcher,
         }

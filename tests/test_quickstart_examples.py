@@ -52,6 +52,32 @@ def test_examples_are_photos_the_gallery_does_not_hold(tmp_path, monkeypatch):
     assert f"curl -F file=@{tmp_path / rel} " in curl_examples("127.0.0.1", 8000, rel, new)
 
 
+def test_the_enrol_example_is_a_photo_labelled_new_whale_and_a_busy_port_is_refused_early(tmp_path):
+    import socket
+
+    from core.errors import ConfigError
+    from whaleid.quickstart import check_port_free, example_photos
+    from whaleid.workflows import build_gallery
+
+    bundle = tiny_bundle(tmp_path / "bundle")
+    photos = tmp_path / "images"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"):
+        (photos / name).write_bytes(jpeg_bytes(rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)))
+    labels = _labels(tmp_path, [("a.jpg", "w1"), ("e.jpg", "new_whale")])
+    build_gallery(bundle, photos, labels, progress=False)
+    # b, c and d are not listed (they may show known whales): the one to enrol is e, labelled new_whale
+    assert example_photos(bundle, photos, labels) == (photos / "b.jpg", photos / "e.jpg")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot serve on 127.0.0.1:{port} .*--port {port + 1}"):
+            check_port_free("127.0.0.1", port)
+    check_port_free("127.0.0.1", port)  # free again
+
+
 def _labels(folder, rows):
     path = folder / "labels2.csv"
     with open(path, "w", newline="") as fh:

@@ -36,7 +36,7 @@ TRAIN_OVERRIDES = ["threads=0", "stages.0.epochs=2", "head.margin_warmup_epochs=
 # what the steps took for the synthetic set here (2 cores shared with other jobs, load average 4-5),
 # printed before each step: training 86 s (2 epochs, evaluation included); gallery and calibration 24-63 s
 STEP_SECONDS_TRAIN = "about 1.5 minutes for the synthetic set, measured on 2 busy cores"
-STEP_SECONDS_GALLERY = "about 1 minute for the synthetic set, measured on 2 busy cores"
+STEP_SECONDS_GALLERY = "1 to 2 minutes for the synthetic set on 2 cores, the more the busier they are"
 
 
 def calibration_subset(queries: Path, out: Path, limit: int = MAX_CALIBRATION_QUERIES, seed: int = 0) -> Path:
@@ -164,8 +164,9 @@ def build(
         _done(
             t,
             f"{summary['train_photos']} gallery photos of {summary['train_identities']} whales; "
-            f"{summary['queries']} validation photos ({summary['queries_known']} of those whales, "
-            f"{summary['queries_new_whale']} as new whales: photos of {held_out} whales kept out of the gallery "
+            f"{summary['queries']} validation photos ({summary['queries_known']} photos of those whales, "
+            f"{summary['queries_new_whale']} as new whales: photos of {held_out} "
+            f"{'whale' if held_out == 1 else 'whales'} kept out of the gallery "
             f"and unnamed ones); {summary['new_whale_unused']} unnamed (new_whale) photos not used",
         )
     expect = STEP_SECONDS_GALLERY if synthetic else _own_estimate(labels)
@@ -204,21 +205,23 @@ def build(
 
 
 def _own_estimate(labels: Path) -> str:
-    """What step 4 will take for a catalogue of one's own, from its photo count (measured here: about 1.2 s
+    """What step 4 will take for a catalogue of one's own, from its photo count (measured here: 0.8 to 1.2 s
     a listed photo on 2 cores for the embedding, SIFT features, LNBNN and two calibrations)."""
     try:
         n = max(0, len(Path(labels).read_text().splitlines()) - 1)
     except OSError:
         return "about 1.2 s a photo on 2 cores"
-    minutes = n * 1.2 / 60
-    span = f"about {n * 1.2:.0f} s" if minutes < 2 else f"about {minutes:.0f} minutes"
+    lo, hi = n * 0.8, n * 1.2  # seconds, measured by two new users here (quiet and busy machine)
+    span = f"about {lo:.0f}-{hi:.0f} s" if hi < 120 else f"about {lo / 60:.0f}-{hi / 60:.0f} minutes"
     return f"{span} for {n} photos on 2 cores, less with more cores"
 
 
-def example_photos(bundle: Path, photos: Path) -> tuple[Path | None, Path | None]:
+def example_photos(bundle: Path, photos: Path, labels: Path | None = None) -> tuple[Path | None, Path | None]:
     """Two photos of ``photos`` that the bundle's gallery does not hold (compared by checksum): one to
     identify (its answer is then a real ranking, never the exact-photo match of an enrolled photo) and
-    one to enrol (a whale not already there). ``None`` where the folder has no such photo.
+    one to enrol. With ``labels``, the photo to enrol is one labelled ``new_whale`` there (a whale the
+    catalogue cannot hold): a photo the labels do not list may well show a known whale, and enrolling it
+    would file that whale twice. ``None`` where the folder has no such photo.
     """
     from core.fileio import sha256_bytes
     from index.gallery import Gallery
@@ -230,14 +233,25 @@ def example_photos(bundle: Path, photos: Path) -> tuple[Path | None, Path | None
         held = {sha for _, sha in gallery.store.stored_photos()}
     finally:
         gallery.close()
-    found: list[Path] = []
+    new_whale = None
+    if labels is not None and Path(labels).is_file():
+        from index.labels import read_labels
+        from index.ranking import NEW_WHALE
+
+        new_whale = {img for img, wid in read_labels(labels) if wid == NEW_WHALE}
+    query = enrol = None
     for name in list_photos(photos):
-        if sha256_bytes((photos / name).read_bytes()) not in held:
-            found.append(photos / name)
-            if len(found) == 2:
-                break
-    found += [None] * (2 - len(found))
-    return found[0], found[1]
+        if query is not None and enrol is not None:
+            break
+        if sha256_bytes((photos / name).read_bytes()) in held:
+            continue
+        if enrol is None and (new_whale is None or name in new_whale) and query is not None:
+            enrol = photos / name
+        elif query is None:
+            query = photos / name
+        elif enrol is None and new_whale is None:
+            enrol = photos / name
+    return query, enrol
 
 
 def example_context(bundle: Path, labels: Path | None, query: Path | None) -> tuple[str, str]:
@@ -295,10 +309,30 @@ def curl_examples(
             *([f"                   {identify_note}"] if identify_note else []),
             "                   options go in the URL: .../identify?scoring=fused&k=10&explain=true",
             f"  enrol a whale:   curl -F files=@{new} -F whale_id={enrol_whale_id} {url}/gallery",
+            "                   (identify a photo first: enrol it as a new whale only when new_whale comes first)",
             f"  then find it:    curl -F file=@{new} {url}/identify",
             f"  list the whales: curl {url}/gallery",
         ]
     )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on, naming ``--port``.
+
+    Raises:
+        ConfigError: the port is taken (or the address cannot be bound).
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve on {host}:{port} ({exc.strerror or exc}): another server (an earlier quickstart?) "
+                f"uses it; stop it (Ctrl-C in its terminal) or pass another port, e.g. --port {port + 1}"
+            ) from None
 
 
 def quickstart(
@@ -316,6 +350,8 @@ def quickstart(
     """Build the quickstart bundle when missing (:func:`build`), then serve it (see the module docstring)."""
     if (images is None) != (labels is None):
         raise typer.BadParameter("--images and --labels go together")
+    if serve:
+        check_port_free(host, port)  # before minutes of work, not after
     home = Path(home)
     bundle = home / "bundle"
     t0 = time.perf_counter()
@@ -327,7 +363,8 @@ def quickstart(
     examples = (None, None)
     photos = images or home / "synthetic" / "images"
     if photos.is_dir():
-        examples = example_photos(bundle, photos)  # photos the gallery does not hold
+        label_file = labels or home / "synthetic" / "train.csv"
+        examples = example_photos(bundle, photos, label_file)  # photos the gallery does not hold
     note, enrol_id = example_context(bundle, labels or home / "synthetic" / "train.csv", examples[0])
     _step(5, f"serve on http://{host}:{port} (Ctrl-C stops)")
     typer.echo(curl_examples(host, port, *examples, enrol_whale_id=enrol_id, identify_note=note))

@@ -70,7 +70,8 @@ async def identify(
     if other:
         options = [key for key in other if key in QUERY_OPTIONS]
         raise InvalidRequestError(
-            f"{', '.join(repr(key) for key in options)} go in the URL, not the form: POST /identify?{options[0]}=..."
+            f"{', '.join(repr(key) for key in options)} {'goes' if len(options) == 1 else 'go'} in the URL, "
+            f"not the form: POST /identify?{options[0]}=..."
             if options
             else f"unknown form field(s) {', '.join(repr(key) for key in other)}: send the photo alone, as 'file'"
         )
