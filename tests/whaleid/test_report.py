@@ -80,6 +80,53 @@ def _artefact(src: Path) -> Path:
     return src
 
 
+# --- hand-made records --------------------------------------------------------------------------------
+
+
+def test_stats_of_hand_made_records():
+    from whaleid.report.stats import mode_stats
+    from whaleid.report.strips import _answer
+
+    def rec(image, truth, ranked):
+        return {"image": image, "truth": truth, "ranked": ranked}
+
+    records = [
+        rec("r1", "A", [["A", 0.9, 1], ["B", 0.5, 2]]),
+        rec("r2", "new_whale", [["C", 0.7, 3], ["A", 0.4, 1]]),
+        rec("r3", "B", [["C", 0.55, 3], ["D", 0.5, 4], ["E", 0.45, 5], ["F", 0.44, 6], ["B", 0.43, 7]]),
+        {"image": "r4", "truth": "A", "error": "unsupported format"},
+    ]
+    s = mode_stats(records, "embedding", 0.6)
+    # at 0.6: r1 [A, new_whale, B] AP 1; r2 [C, new_whale, A] AP 1/2; r3 [new_whale, C, D, E, F] AP 0
+    assert s.map5 == pytest.approx(0.5, abs=1e-12) and s.top1 == pytest.approx(1 / 3)
+    i = int(np.flatnonzero(s.curve_thresholds == 0.6)[0])
+    assert s.curve_map5[i] == pytest.approx(0.5, abs=1e-12)  # the closed form agrees with map_at_k
+    assert (s.top1_known, s.top5_known) == (0.5, 1.0)  # B is the 5th identity of r3, new_whale pushes it out
+    assert list(s.cmc[:5]) == [0.5, 0.5, 0.5, 0.5, 1.0]
+    assert s.confusion == {
+        "known_right": 1,
+        "known_wrong": 0,
+        "known_called_new": 1,
+        "new_called_new": 0,
+        "new_called_known": 1,
+    }
+    assert list(s.genuine) == [0.9] and list(s.impostor) == [0.7, 0.55]
+    assert [r["image"] for r in s.worst["missed"]] == ["r3"]
+    assert [r["image"] for r in s.worst["new_called_known"]] == ["r2"]
+    assert [r["image"] for r in s.worst["known_called_new"]] == ["r3"]
+    assert s.counts == {"queries": 4, "scored": 3, "known": 2, "new": 1, "skipped_enrolled": 0, "unreadable": 1}
+    assert s.best_map5 == pytest.approx(float(s.curve_map5.max())) and s.best_map5 >= s.map5
+    # a strip shows the final answer: new_whale where the threshold puts it
+    assert _answer(records[2], 0.6) == [
+        ("new_whale", 0.6, None),
+        ("C", 0.55, 3),
+        ("D", 0.5, 4),
+        ("E", 0.45, 5),
+        ("F", 0.44, 6),
+    ]
+    assert _answer({"labels": ["new_whale", "A"]}, None) == [("new_whale", None, None), ("A", None, None)]
+
+
 # --- tiny synthetic bundle --------------------------------------------------------------------------
 
 

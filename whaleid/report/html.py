@@ -127,8 +127,9 @@ def render(
     parts.append("</div>")
     parts.append("<h2>Worst cases</h2>")
     parts.append(
-        '<p class="note">Query photo: base box red, TTA boxes yellow. Candidates: each whale\'s gallery photo that '
-        "matches best; the true whale framed green; scores as the service returns them.</p>"
+        '<p class="note">Query photo: base box red, TTA boxes yellow. Candidates: the final answer, each whale\'s '
+        "gallery photo that matches best and new_whale where the threshold places it; the true answer framed "
+        "green; scores as the service returns them.</p>"
     )
     for mode, cats in strips.items():
         for cat, items in cats.items():

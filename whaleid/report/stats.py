@@ -22,9 +22,9 @@ from .queries import CMC_K
 K = 5
 #: Worst-case categories, in the order the report shows them.
 WORST = {
-    "missed": "Known whale, not in the top 5",
+    "missed": "Known whale, not in the final top 5 (highest wrong score first)",
     "new_called_known": "New whale called known (highest score first)",
-    "known_called_new": "Known whale called new_whale",
+    "known_called_new": "Known whale called new_whale (lowest score first)",
 }
 
 

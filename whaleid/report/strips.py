@@ -1,9 +1,10 @@
 """A worst case as a strip of photos: the query with its boxes, the five candidates, their keypoint matches.
 
-Row 1: the query photo (its base box thick, its TTA boxes thin) and each candidate's best gallery
-photo (the one the service names in ``best_image_id``) with its rank, whale id and score; the true
-whale's frame is green. Row 2 (``local`` and ``fused``): the inlier keypoint pairs of the first
-candidate, and of the true whale when it is among the others, drawn between query and candidate.
+Row 1: the query photo (its base box thick, its TTA boxes thin) and the final answer: each
+candidate's best gallery photo (the one the service names in ``best_image_id``) with its rank, whale
+id and score, and new_whale where the threshold puts it; the true answer's frame is green. Row 2
+(``local`` and ``fused``): the inlier keypoint pairs of the first identity, and of the true whale when
+it is among the top 5 identities, drawn between query and candidate.
 
 Gallery photos are read from the gallery-photos folder by the file name the store keeps (so the
 keypoints, in photo pixels, land right); without the file, the stored thumbnail is shown without
@@ -26,7 +27,7 @@ from PIL import Image  # noqa: E402
 from core.errors import InputImageError  # noqa: E402
 from core.preprocess import decode_image  # noqa: E402
 from index.build import FOLDER_LIMITS  # noqa: E402
-from index.ranking import NEW_WHALE  # noqa: E402
+from index.ranking import NEW_WHALE, insert_new_whale  # noqa: E402
 
 from .figures import png  # noqa: E402
 
@@ -118,10 +119,29 @@ def _match_panel(ax, q, g, pairs, title: str) -> None:
     ax.set_yticks([])
 
 
+def _answer(rec: dict, threshold: float | None) -> list[tuple[str, float | None, int | None]]:
+    """The final top 5 ``(label, score, best gallery photo id)``: new_whale placed by the threshold, or
+    a submission's own labels (no scores)."""
+    if "labels" in rec:
+        return [(w, None, None) for w in rec["labels"][:5]]
+    ranked = rec.get("ranked", [])[:5]
+    if threshold is None:
+        return [tuple(r) for r in ranked]
+    image_of = {w: i for w, _, i in ranked}
+    return [(w, s, image_of.get(w)) for w, s in insert_new_whale([(w, s) for w, s, _ in ranked], threshold, 5)]
+
+
 def strip_figure(rec: dict, photos: PhotoSource, threshold: float | None) -> tuple[bytes, int]:
     """The strip of one worst case (a record of :func:`whaleid.report.queries.run_queries`): JPEG bytes and
-    the number of keypoint-match panels drawn (JPEG bytes: photos)."""
-    ranked = rec.get("ranked", [])[:5]
+    the number of keypoint-match panels drawn.
+
+    The candidates are the final answer: the top-5 identities with new_whale placed by ``threshold``
+    (a submission's own list); the query's title gives the true whale's rank among the ranked
+    identities when it is beyond them (up to 20).
+    """
+    full = rec.get("ranked", [])
+    ranked = full[:5]
+    answer = _answer(rec, threshold)
     pairs = rec.get("pairs") or {}
     truth = rec["truth"]
     q = photos.query(rec["image"])
@@ -152,15 +172,21 @@ def strip_figure(rec: dict, photos: PhotoSource, threshold: float | None) -> tup
         ax.set_xticks([])
         ax.set_yticks([])
     label = "new whale" if truth == NEW_WHALE else truth
-    ax.set_title(f"query {rec['image']}\ntruth: {label}", fontsize=8)
+    where = ""
+    if "labels" not in rec and truth != NEW_WHALE:  # the model's ranking (a submission has no scores)
+        at = [(i, sc) for i, (w, sc, _) in enumerate(full) if w == truth]
+        where = f" (identity #{at[0][0] + 1}, {at[0][1]:.3f})" if at else f" (not in the first {len(full)})"
+    ax.set_title(f"query {rec['image']}\ntruth: {label}{where}", fontsize=8)
     for j in range(5):
         ax = fig.add_subplot(grid[0, j + 1])
-        if j >= len(ranked):
+        if j >= len(answer):
             _blank(ax, "-")
             continue
-        wid, score, image_id = ranked[j]
-        g = photos.gallery(wid, image_id)
-        if g is None:
+        wid, score, image_id = answer[j]
+        g = photos.gallery(wid, image_id) if wid != NEW_WHALE else None
+        if wid == NEW_WHALE:
+            _blank(ax, "new_whale" + ("" if threshold is None else f"\n(scores below {threshold:.3f})"))
+        elif g is None:
             _blank(ax, "no gallery photo")
         else:
             ax.imshow(g[0])
@@ -171,9 +197,7 @@ def strip_figure(rec: dict, photos: PhotoSource, threshold: float | None) -> tup
             sp.set_edgecolor("#2ca02c" if right else "#cccccc")
             sp.set_linewidth(3 if right else 1)
         n_in = len(pairs.get(wid, [])) if wid in pairs else None
-        detail = "" if score is None else f"{score:.3f}"
-        if threshold is not None and score is not None and score < threshold:
-            detail += " (< t)"
+        detail = "" if score is None or wid == NEW_WHALE else f"{score:.3f}"
         if n_in is not None:
             detail += f", {n_in} inliers"
         ax.set_title(
