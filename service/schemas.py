@@ -150,6 +150,8 @@ class NearDuplicate(BaseModel):
 class PhotoMetadataModel(BaseModel):
     """When and where, who: from the form fields, else the photo's EXIF (see index/metadata.py)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     taken_at: str | None = Field(None, description="ISO 8601, with its UTC offset when known.")
     latitude: float | None = Field(None, ge=-90, le=90)
     longitude: float | None = Field(None, ge=-180, le=180)

@@ -167,3 +167,43 @@ def test_model_and_dimension_are_recorded(backend):
     assert store.meta("dim") == str(DIM) and store.meta("model_sha256") == "m1"
     with pytest.raises(ManifestMismatchError):
         backend(model_sha256="m2")
+
+
+def test_catalogue_operations(backend):
+    from core.errors import IdentityConflictError, InvalidRequestError
+
+    store = backend()
+    a = store.add_image_groups(
+        [
+            ("A", [img("a", E[0], original=b"A-bytes", phash="00000000000000ff")], False),
+            (flipped_id("A"), [img("a", E[3])], True),
+        ],
+        actor="key:abc",
+    )[0]
+    store.add_images("B", [img("b", E[1], metadata={"location": "Tonga", "taken_at": "2021-09-10"})])
+    assert store.rename_identity("A", "A2", actor="key:abc") == a.identity_id
+    assert store.has_identity(flipped_id("A2")) and not store.has_identity("A")
+    with pytest.raises(IdentityConflictError):
+        store.rename_identity("A2", "B")
+    with pytest.raises(InvalidRequestError):
+        store.merge_identities("B", "B")
+    out = store.merge_identities("A2", "B")
+    assert (
+        out.moved_image_ids == a.added_ids and not store.has_identity("A2") and not store.has_identity(flipped_id("A2"))
+    )
+    assert {r.sha256 for r in store.images_of(flipped_id("B"))} == {"a"}
+    moved = store.move_images("B", a.added_ids, "C")
+    assert moved.created and not moved.source_deleted and [r.sha256 for r in store.images_of("C")] == ["a"]
+    b_id = store.images_of("B")[0].image_id
+    store.update_metadata("B", b_id, {"notes": "left nick", "location": None})
+    assert store.images_of("B")[0].metadata == {"taken_at": "2021-09-10", "notes": "left nick"}
+    assert store.photo_metadata() == [(b_id, store.identity_id("B"), {"taken_at": "2021-09-10", "notes": "left nick"})]
+    assert store.photo_hashes() == [(a.added_ids[0], "C", "00000000000000ff")]
+    assert store.original_of(a.added_ids[0]) == b"A-bytes" and store.original_of(b_id) is None
+    rows = list(store.export_rows())
+    assert [(w, r.sha256, o) for w, r, o in rows] == [("C", "a", b"A-bytes"), ("B", "b", None)]
+    assert rows[0][1].has_original and not rows[1][1].has_original
+    log = store.audit_log()
+    assert [e.operation for e in log] == ["edit_metadata", "move_photos", "merge", "rename", "enrol", "enrol"]
+    assert log[3].actor == "key:abc" and log[3].details == {"whale_id": "A", "new_whale_id": "A2"}
+    assert store.count_audit() == 6 and [e.operation for e in store.audit_log(offset=4, limit=1)] == ["enrol"]
