@@ -277,6 +277,7 @@ from whaleid.report.cli import report as _report  # noqa: E402
 
 app.command("report", context_settings=_REPORT_CONTEXT)(_domain_errors(_report))
 
+import whaleid.cli_catalogue  # noqa: E402, F401  (whaleid catalogue export|import, whaleid reindex)
 import whaleid.cli_store  # noqa: E402, F401  (whaleid store migrate: registers it on the same app)
 
 # The training commands come after these in --help (they need the train extra).
