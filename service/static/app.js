@@ -44,6 +44,36 @@ const fmt = (x, digits = 3) => (typeof x === "number" ? x.toFixed(digits) : "–
 const enc = encodeURIComponent;
 const thumbUrl = (whaleId, imageId) => `gallery/${enc(whaleId)}/images/${enc(imageId)}`;
 
+/**
+ * A photo's date as the service stores it (ISO 8601), shortened to the minute. The zone is shown as
+ * written and never converted: a time without one is the camera's own clock ("local").
+ */
+function fmtWhen(iso) {
+  const m = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2})(?::\d{2}(?:\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$/.exec(iso || "");
+  if (!m) return iso;
+  const zone = m[3] ? (m[3] === "Z" ? " UTC" : ` UTC${m[3]}`) : m[2] ? " (local)" : "";
+  return `${m[1]}${m[2] ? ` ${m[2]}` : ""}${zone}`;
+}
+
+/** A photo's place: its name and its position (decimal degrees, 4 decimals: about 10 m), each when set. */
+function fmtPlace(meta) {
+  const parts = [];
+  if (meta?.location) parts.push(meta.location);
+  if (typeof meta?.latitude === "number" && typeof meta?.longitude === "number") {
+    parts.push(`${meta.latitude.toFixed(4)}, ${meta.longitude.toFixed(4)}`);
+  }
+  return parts.join(" · ");
+}
+
+/** The other fields of a photo's metadata, one line: encounter, photographer, notes. */
+function fmtMore(meta) {
+  return [
+    meta?.encounter_id ? `encounter ${meta.encounter_id}` : null,
+    meta?.photographer ? `by ${meta.photographer}` : null,
+    meta?.notes || null,
+  ].filter(Boolean).join(" · ");
+}
+
 // ---------------------------------------------------------------------------------------------
 // API: JSON in and out, errors as the service's {detail, code}; writes carry the session's key.
 
@@ -72,11 +102,14 @@ async function errorOf(res) {
 
 /**
  * Call the API. Writes send X-API-Key from sessionStorage; on 401 (missing) or 403 (wrong) the
- * user is asked for the key and the request is sent again (FormData bodies can be re-sent).
+ * user is asked for the key and the request is sent again (FormData bodies can be re-sent). `json`: a
+ * value sent as the JSON body (PATCH and the catalogue operations).
  */
-async function api(method, path, { body = null, write = false } = {}) {
+async function api(method, path, { body = null, json = undefined, write = false } = {}) {
+  if (json !== undefined) body = JSON.stringify(json);
   for (let attempt = 0; ; attempt++) {
     const headers = { Accept: "application/json" };
+    if (json !== undefined) headers["Content-Type"] = "application/json";
     const key = sessionStorage.getItem(KEY_STORAGE);
     if (write && key) headers["X-API-Key"] = key;
     let res;
@@ -160,14 +193,27 @@ async function loadReady() {
     ready = await api("GET", "ready");
     showReady();
     const select = $("#scoring");
-    for (const mode of ready.scoring_modes || []) {
+    const modes = calibratedModes(ready);
+    for (const mode of modes) {
       const thr = ready.thresholds?.[mode];
       select.append(h("option", { value: mode }, mode + (typeof thr === "number" ? ` (new_whale below ${fmt(thr, 2)})` : "")));
     }
-    if (ready.scoring) select.value = ready.scoring;
+    if (modes.includes(ready.scoring)) select.value = ready.scoring;
   } catch (err) {
     $("#server-info").textContent = `Service not ready: ${err.detail}`;
   }
+}
+
+/**
+ * The scoring modes POST /identify can serve: those with a calibrated new_whale threshold. A mode without
+ * one is refused ("no new_whale threshold is calibrated for scoring mode ..."), so it is never offered.
+ * /ready's `calibrated_modes` when the service has it, else `scoring_modes` with an entry in `thresholds`
+ * (the bundle's calibrated thresholds: the same rule as the `scoring` enum of /openapi.json).
+ */
+function calibratedModes(info) {
+  if (Array.isArray(info.calibrated_modes)) return info.calibrated_modes;
+  const thresholds = info.thresholds || {};
+  return (info.scoring_modes || []).filter((m) => typeof thresholds[m] === "number");
 }
 
 function showReady() {
@@ -185,6 +231,49 @@ async function galleryChanged() {
   } catch {
     /* the header is informative only */
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Search scope: optional limits sent with each identification as scope_* parameters.
+
+const SCOPE_FIELDS = [
+  ["scope_location", "#scope-location"],
+  ["scope_from", "#scope-from"],
+  ["scope_to", "#scope-to"],
+  ["scope_near", "#scope-near"],
+];
+
+/** The scope_* parameters typed now (empty fields left out). */
+function scopeParams() {
+  const out = {};
+  for (const [name, sel] of SCOPE_FIELDS) {
+    const value = $(sel).value.trim();
+    if (value) out[name] = value;
+  }
+  return out;
+}
+
+/** A scope in words, from the service's `scope.applied` (location, bbox, near, date_from, date_to). */
+function describeScope(applied = {}) {
+  const parts = [];
+  if (applied.location) parts.push(`place “${applied.location}”`);
+  if (applied.date_from && applied.date_to) parts.push(`${applied.date_from} to ${applied.date_to}`);
+  else if (applied.date_from) parts.push(`from ${applied.date_from}`);
+  else if (applied.date_to) parts.push(`until ${applied.date_to}`);
+  if (Array.isArray(applied.near)) parts.push(`within ${applied.near[2]} km of ${applied.near[0]}, ${applied.near[1]}`);
+  if (Array.isArray(applied.bbox)) parts.push(`inside ${applied.bbox.join(", ")}`);
+  return parts.join(", ");
+}
+
+function showScopeSummary() {
+  const p = scopeParams();
+  const text = describeScope({
+    location: p.scope_location,
+    date_from: p.scope_from,
+    date_to: p.scope_to,
+    near: p.scope_near ? p.scope_near.split(",") : undefined,
+  });
+  $("#scope-summary").textContent = text ? `(${text}; identify again to apply it to earlier photos)` : "(whole gallery)";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,6 +347,7 @@ async function identify(photo) {
   const params = new URLSearchParams({ k: String(TOP_K) });
   const scoring = $("#scoring").value;
   if (scoring) params.set("scoring", scoring);
+  for (const [name, value] of Object.entries(scopeParams())) params.set(name, value);
   try {
     const result = await api("POST", `identify?${params}`, { body: fd });
     photo.result = result;
@@ -309,6 +399,8 @@ function buildCard(photo) {
   refs.boxes = h("div", { class: "boxes", "aria-hidden": "true" });
   refs.frame = h("div", { class: "frame" }, refs.img, refs.boxes);
   refs.caption = h("figcaption", { class: "muted" }, "");
+  refs.meta = h("p", { class: "photo-meta", hidden: true });
+  refs.scope = h("p", { class: "scope-info", hidden: true });
   refs.candidates = h("ol", { class: "candidates", "aria-label": `Candidates for ${photo.name}` });
   refs.newInput = h("input", { type: "text", id: `${uid}-newid`, name: "whale_id", autocomplete: "off", spellcheck: "false",
     maxlength: "64", placeholder: "empty: the service assigns one", "aria-describedby": `${uid}-newhint` });
@@ -329,7 +421,7 @@ function buildCard(photo) {
     "Undo ", h("kbd", { "aria-hidden": "true" }, "u"));
   refs.retry = h("button", { type: "button", class: "primary", onclick: () => retry(photo) }, "Retry");
   refs.status = h("p", { class: "status", role: "status", "aria-live": "polite", "aria-atomic": "true", id: `${uid}-status` });
-  refs.candsWrap = h("div", { class: "cands-wrap" }, h("h4", { class: "cands-h" }, "Top 5"), refs.candidates);
+  refs.candsWrap = h("div", { class: "cands-wrap" }, h("h4", { class: "cands-h" }, "Top 5"), refs.scope, refs.candidates);
   // Shown when the service says the photo does not look like a fluke: offered before "New whale".
   refs.notFlukeText = h("p", { id: `${uid}-notfluke` }, "");
   refs.notFlukeButton = h("button", { type: "button", class: "primary", "aria-keyshortcuts": "x",
@@ -341,7 +433,7 @@ function buildCard(photo) {
     class: "photo-card", tabindex: "0", "aria-labelledby": `${uid}-name ${uid}-state`, dataset: { photo: String(photo.id) },
   },
   h("div", { class: "card-head" }, heading, refs.badge, h("div", { class: "head-actions" }, refs.reidentify, refs.remove)),
-  h("figure", { class: "query" }, refs.frame, refs.caption),
+  h("figure", { class: "query" }, refs.frame, refs.caption, refs.meta),
   refs.notFluke,
   refs.candsWrap,
   h("div", { class: "decide" },
@@ -366,6 +458,24 @@ function renderResult(photo) {
     `${w}×${hgt} px${result.exif_rotated ? " (turned upright from EXIF)" : ""} · ${result.boxes.length} boxes embedded ` +
     `(first solid, variants dashed${result.detected_box ? ", detector box orange" : ""}) · ${result.scoring} scoring, ` +
     `new_whale below ${fmt(result.threshold, 2)}`;
+
+  // when and where: the form fields sent, completed by the photo's EXIF (none sent by this page: EXIF only)
+  const meta = result.photo_metadata || {};
+  const when = meta.taken_at ? `Taken ${fmtWhen(meta.taken_at)}` : "Date unknown";
+  const where = fmtPlace(meta);
+  const more = fmtMore(meta);
+  refs.meta.replaceChildren(
+    h("span", { class: "meta-when" }, when), " · ",
+    h("span", { class: "meta-where" }, where ? `at ${where}` : "place unknown"),
+    more ? ` · ${more}` : "");
+  refs.meta.hidden = false;
+  const scope = result.scope;
+  refs.scope.hidden = !scope;
+  if (scope) {
+    const n = scope.whales_in_scope;
+    refs.scope.textContent = `Scope: ${describeScope(scope.applied)}: ${n} whale${n === 1 ? "" : "s"} in scope` +
+      (n === 0 ? " (no gallery whale has a photo there: only new_whale can be answered)." : "; whales outside it are not ranked.");
+  }
 
   const check = result.fluke_check || {};
   refs.notFluke.hidden = result.looks_like_fluke !== false;
@@ -629,7 +739,8 @@ const hasUnfinishedWork = () => photos.some((p) => !p.decision);
 // ---------------------------------------------------------------------------------------------
 // Gallery view.
 
-const gallery = { offset: 0, total: 0, q: "", current: null, stale: true };
+// current: the whale open in the detail panel; images: its photos as last listed (GET /gallery/{id})
+const gallery = { offset: 0, total: 0, q: "", current: null, images: [], stale: true };
 
 async function loadWhales() {
   const params = new URLSearchParams({ offset: String(gallery.offset), limit: String(PAGE_SIZE) });
@@ -671,18 +782,288 @@ async function openWhale(whaleId, { focus = true } = {}) {
     return;
   }
   gallery.current = whaleId;
+  gallery.images = detail.images;
   for (const b of document.querySelectorAll("#whale-list .whale-btn")) b.setAttribute("aria-pressed", String(b.dataset.whale === whaleId));
   const section = $("#whale-detail");
   section.hidden = false;
   $("#whale-h").textContent = `${whaleId} · ${detail.images.length} photo${detail.images.length === 1 ? "" : "s"}`;
-  $("#whale-photos").replaceChildren(...detail.images.map((im) => h("li", { dataset: { image: String(im.image_id) } },
-    h("figure", {},
-      im.thumbnail_url
-        ? h("img", { src: im.thumbnail_url, alt: `Photo #${im.image_id} of ${whaleId}`, loading: "lazy" })
-        : h("div", { class: "thumb placeholder" }, "no thumbnail"),
-      h("figcaption", {}, `#${im.image_id}`, im.source ? ` · ${im.source}` : "", h("br"), h("span", { class: "muted" }, `added ${im.added_at.slice(0, 16).replace("T", " ")}`))),
-    h("button", { type: "button", class: "danger small", onclick: () => deletePhoto(whaleId, im.image_id) }, `Delete photo #${im.image_id}`))));
+  $("#whale-photos").replaceChildren(...detail.images.map((im) => {
+    const meta = im.metadata || {};
+    const place = fmtPlace(meta);
+    const more = fmtMore(meta);
+    return h("li", { dataset: { image: String(im.image_id) } },
+      h("figure", {},
+        im.thumbnail_url
+          ? h("img", { src: im.thumbnail_url, alt: `Photo #${im.image_id} of ${whaleId}`, loading: "lazy" })
+          : h("div", { class: "thumb placeholder" }, "no thumbnail"),
+        h("figcaption", {}, `#${im.image_id}`, im.source ? ` · ${im.source}` : "",
+          h("span", { class: "meta-when" }, meta.taken_at ? `taken ${fmtWhen(meta.taken_at)}` : "date unknown"),
+          h("span", { class: "meta-where" }, place ? `at ${place}` : "place unknown"),
+          more ? h("span", { class: "meta-more" }, more) : null,
+          h("span", { class: "muted" }, `added ${im.added_at.slice(0, 16).replace("T", " ")}`))),
+      h("div", { class: "photo-actions" },
+        h("label", { class: "select" }, h("input", { type: "checkbox", class: "pick", value: String(im.image_id),
+          "aria-label": `Select photo #${im.image_id} (to move several at once)`, onchange: showSelection }), "select"),
+        h("button", { type: "button", class: "secondary small move", "aria-keyshortcuts": "v", onclick: () => movePhotos(whaleId, [im.image_id]) },
+          "Move to… ", h("kbd", { "aria-hidden": "true" }, "v")),
+        h("button", { type: "button", class: "secondary small edit", "aria-keyshortcuts": "d", onclick: () => editPhoto(whaleId, im.image_id) },
+          "Edit date/place ", h("kbd", { "aria-hidden": "true" }, "d")),
+        h("button", { type: "button", class: "danger small", onclick: () => deletePhoto(whaleId, im.image_id) }, `Delete photo #${im.image_id}`)));
+  }));
+  showSelection();
   if (focus) $("#whale-h").focus();
+}
+
+/** The photos ticked in the open whale (image ids). */
+const selectedPhotos = () => [...document.querySelectorAll("#whale-photos input.pick:checked")].map((el) => Number(el.value));
+
+function showSelection() {
+  const n = selectedPhotos().length;
+  const btn = $("#move-selected");
+  btn.hidden = n === 0;
+  btn.textContent = `Move ${n} selected…`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Catalogue operations: rename, merge, move photos (split), edit a photo's date and place.
+
+const KEEP_OPEN = Symbol("keep the form open");
+
+/**
+ * Ask for values in the form dialog and run the change with them. An error keeps the dialog open with the
+ * API's message (so a taken or unknown id can be fixed), and so does `run` returning KEEP_OPEN (a refused
+ * confirmation). Resolves to `run`'s result, or null when cancelled (Cancel or Esc).
+ *
+ * fields: [{name, label, value, hint, list, maxlength, placeholder, inputmode, textarea}]
+ */
+function formDialog({ title, intro = "", fields, okLabel, run }) {
+  const dialog = $("#form-dialog");
+  const form = $("#form-dialog-form");
+  const error = $("#form-error");
+  const ok = $("#form-ok");
+  $("#form-h").textContent = title;
+  $("#form-intro").textContent = intro;
+  $("#form-intro").hidden = !intro;
+  error.hidden = true;
+  error.textContent = "";
+  ok.textContent = okLabel;
+  ok.disabled = false;
+  const inputs = {};
+  $("#form-fields").replaceChildren(...fields.map((f) => {
+    const id = `form-${f.name}`;
+    const attrs = { id, name: f.name, maxlength: f.maxlength, placeholder: f.placeholder, "aria-describedby": f.hint ? `${id}-hint` : null };
+    const input = f.textarea
+      ? h("textarea", { ...attrs, rows: "3" })
+      : h("input", { ...attrs, type: "text", autocomplete: "off", spellcheck: "false", list: f.list, inputmode: f.inputmode });
+    input.value = f.value ?? "";
+    inputs[f.name] = input;
+    if (f.list) input.addEventListener("input", () => suggestWhales(input.value));
+    return h("div", { class: "field" }, h("label", { for: id }, f.label), input,
+      f.hint ? h("p", { class: "hint muted", id: `${id}-hint` }, f.hint) : null);
+  }));
+  return new Promise((resolve) => {
+    let result = null;
+    let busy = false;
+    const onSubmit = async (e) => {
+      e.preventDefault();
+      if (busy) return;
+      busy = true;
+      ok.disabled = true;
+      error.hidden = true;
+      try {
+        const values = Object.fromEntries(Object.entries(inputs).map(([k, el]) => [k, el.value.trim()]));
+        const out = await run(values);
+        if (out !== KEEP_OPEN) {
+          result = out;
+          dialog.close("ok");
+        }
+      } catch (err) {
+        error.textContent = `Error: ${err.detail ?? err.message}`;
+        error.hidden = false;
+        Object.values(inputs)[0]?.focus();
+      } finally {
+        busy = false;
+        ok.disabled = false;
+      }
+    };
+    const onCancel = () => dialog.close("cancel");
+    const onEsc = (e) => {
+      if (busy) e.preventDefault(); // the change is on its way: wait for its answer
+    };
+    form.addEventListener("submit", onSubmit);
+    dialog.addEventListener("cancel", onEsc);
+    $("#form-cancel").addEventListener("click", onCancel);
+    dialog.addEventListener("close", () => {
+      form.removeEventListener("submit", onSubmit);
+      dialog.removeEventListener("cancel", onEsc);
+      $("#form-cancel").removeEventListener("click", onCancel);
+      resolve(result);
+    }, { once: true });
+    dialog.returnValue = "";
+    dialog.showModal();
+    const first = Object.values(inputs)[0];
+    first?.focus();
+    first?.select?.();
+  });
+}
+
+let suggestTimer = null;
+
+/** Fill the whale-id suggestions (the datalist of the id fields) with the ids starting with what is typed. */
+function suggestWhales(prefix) {
+  clearTimeout(suggestTimer);
+  suggestTimer = setTimeout(async () => {
+    const params = new URLSearchParams({ offset: "0", limit: "20" });
+    if (prefix) params.set("q", prefix);
+    try {
+      const page = await api("GET", `gallery?${params}`);
+      $("#whale-ids").replaceChildren(...page.whales.filter((w) => w.whale_id !== gallery.current)
+        .map((w) => h("option", { value: w.whale_id }, `${w.images} photo${w.images === 1 ? "" : "s"}`)));
+    } catch {
+      /* suggestions only */
+    }
+  }, 150);
+}
+
+/** After a catalogue change: the header, the list and the detail panel show the gallery as it is now. */
+async function afterChange(message, openId) {
+  galleryChanged();
+  galleryStatus(message);
+  await loadWhales();
+  if (openId) await openWhale(openId);
+  else closeWhale();
+}
+
+const photoCount = (n) => `${n} photo${n === 1 ? "" : "s"}`;
+
+async function renameWhale() {
+  const from = gallery.current;
+  if (!from) return;
+  const r = await formDialog({
+    title: `Rename ${from}`,
+    intro: "Its photos, their dates and places, and its matches stay; only the id changes.",
+    fields: [{ name: "whale_id", label: "New id", value: from, maxlength: "64",
+      hint: "Letters, digits, _ . - (up to 64). An id in use is refused: merge the two whales instead." }],
+    okLabel: "Rename",
+    run: ({ whale_id }) => {
+      if (!whale_id) throw new ApiError(0, "type the new id", "empty");
+      if (whale_id === from) throw new ApiError(0, `${from} already has this id: type another`, "same");
+      return api("PATCH", `gallery/${enc(from)}`, { json: { whale_id }, write: true });
+    },
+  });
+  if (r) await afterChange(`Renamed ${from} to ${r.whale_id}.`, r.whale_id);
+}
+
+async function mergeWhale() {
+  const from = gallery.current;
+  if (!from) return;
+  const n = gallery.images.length;
+  suggestWhales("");
+  const r = await formDialog({
+    title: `Merge ${from} into another whale`,
+    intro: `For two ids that are one whale: ${from}'s ${photoCount(n)} move to the other whale and the id ${from} disappears.`,
+    fields: [{ name: "into", label: "Merge into (a known whale)", list: "whale-ids", maxlength: "64",
+      hint: "A photo the other whale already has (same file) is dropped, not doubled." }],
+    okLabel: "Merge…",
+    run: async ({ into }) => {
+      if (!into) throw new ApiError(0, "type the id of the whale to merge into", "empty");
+      if (into === from) throw new ApiError(0, `a whale cannot be merged into itself: choose another whale than ${from}`, "same");
+      let target;
+      try {
+        target = await api("GET", `gallery/${enc(into)}`);
+      } catch (err) {
+        if (err.status === 404) throw new ApiError(404, `no whale ${into} in the gallery: merge needs a known whale (Rename gives ${from} a new id)`, "unknown");
+        throw err;
+      }
+      const m = target.images.length;
+      const sure = await confirmDialog(`Merge ${from} (${photoCount(n)}) into ${into} (${photoCount(m)})? ` +
+        `${into} then has the photos of both and ${from} is removed from the gallery. ` +
+        "Moving photos splits them again later, but no single step undoes a merge.", "Merge");
+      if (!sure) return KEEP_OPEN;
+      return api("POST", `gallery/${enc(from)}/merge`, { json: { into }, write: true });
+    },
+  });
+  if (!r) return;
+  const moved = r.moved_image_ids.length;
+  const dropped = r.dropped_duplicates.length;
+  await afterChange(`Merged ${from} into ${r.whale_id}: ${photoCount(moved)} moved` +
+    (dropped ? `, ${dropped} that ${r.whale_id} already had (same file) dropped` : "") + `; ${from} is gone.`, r.whale_id);
+}
+
+async function movePhotos(from, imageIds) {
+  const which = `photo${imageIds.length === 1 ? "" : "s"} #${imageIds.join(", #")}`;
+  const all = imageIds.length === gallery.images.length;
+  suggestWhales("");
+  const r = await formDialog({
+    title: `Move ${which} of ${from}`,
+    intro: all
+      ? `These are all of ${from}'s photos: ${from} is removed once they move (a rename or a merge says the same more plainly).`
+      : `For a photo that shows another whale: it moves with its date, place and notes.`,
+    fields: [{ name: "to", label: "To whale (known, or a new id)", list: "whale-ids", maxlength: "64",
+      hint: "A known whale gets the photo; a new id creates a new whale with it (a split)." }],
+    okLabel: "Move",
+    run: ({ to }) => {
+      if (!to) throw new ApiError(0, "type the id of the whale to move it to (a known one or a new one)", "empty");
+      if (to === from) throw new ApiError(0, `the ${which} already belong${imageIds.length === 1 ? "s" : ""} to ${from}: type another id`, "same");
+      return api("POST", `gallery/${enc(from)}/move`, { json: { image_ids: imageIds, to }, write: true });
+    },
+  });
+  if (!r) return;
+  await afterChange(`Moved ${which} to ${r.created ? "the new whale " : ""}${r.whale_id}` +
+    (r.source_deleted ? `; ${from} had no photos left and was removed.` : "."), r.source_deleted ? r.whale_id : from);
+}
+
+const META_FIELDS = [
+  { name: "taken_at", label: "Date taken", maxlength: "40", placeholder: "2019-07-14 or 2019-07-14T09:31:05-04:00",
+    hint: "ISO 8601: a date, or a date and time with its UTC offset when known (without one: the camera's clock)." },
+  { name: "location", label: "Place name", maxlength: "200", placeholder: "e.g. Hervey Bay",
+    hint: "Scoped searches match it exactly (case aside)." },
+  { name: "latitude", label: "Latitude", inputmode: "decimal", placeholder: "-25.2800", hint: "Decimal degrees, -90 to 90 (south negative)." },
+  { name: "longitude", label: "Longitude", inputmode: "decimal", placeholder: "152.8700", hint: "Decimal degrees, -180 to 180 (west negative)." },
+  { name: "encounter_id", label: "Encounter id", maxlength: "100" },
+  { name: "photographer", label: "Photographer", maxlength: "200" },
+  { name: "notes", label: "Notes", maxlength: "2000", textarea: true },
+];
+
+async function editPhoto(whaleId, imageId) {
+  const image = gallery.images.find((im) => im.image_id === imageId);
+  const before = image?.metadata || {};
+  const shown = (k) => (before[k] === null || before[k] === undefined ? "" : String(before[k]));
+  const r = await formDialog({
+    title: `Date and place of photo #${imageId} (${whaleId})`,
+    intro: "An emptied field is cleared; the others stay as they are.",
+    fields: META_FIELDS.map((f) => ({ ...f, value: shown(f.name) })),
+    okLabel: "Save",
+    run: (values) => {
+      const changes = {};
+      for (const f of META_FIELDS) if (values[f.name] !== shown(f.name)) changes[f.name] = values[f.name] || null;
+      for (const k of ["latitude", "longitude"]) {
+        if (typeof changes[k] === "string") {
+          const x = Number(changes[k]);
+          if (!Number.isFinite(x)) throw new ApiError(0, `${k}: “${changes[k]}” is not a number (decimal degrees with a point, e.g. -25.28)`, "number");
+          changes[k] = x;
+        }
+      }
+      if ("latitude" in changes || "longitude" in changes) {
+        // the service takes the position as a pair
+        const num = (k) => (k in changes ? changes[k] : before[k] ?? null);
+        changes.latitude = num("latitude");
+        changes.longitude = num("longitude");
+      }
+      if (!Object.keys(changes).length) return { unchanged: true };
+      return api("PATCH", `gallery/${enc(whaleId)}/images/${enc(imageId)}`, { json: changes, write: true });
+    },
+  });
+  if (!r) return;
+  if (r.unchanged) {
+    galleryStatus(`Photo #${imageId}: nothing changed.`);
+    return;
+  }
+  galleryChanged();
+  galleryStatus(`Photo #${imageId} of ${whaleId} saved: ${r.taken_at ? `taken ${fmtWhen(r.taken_at)}` : "date unknown"}, ` +
+    `${fmtPlace(r) ? `at ${fmtPlace(r)}` : "place unknown"}.`);
+  await openWhale(whaleId, { focus: false });
+  $(`#whale-photos li[data-image="${imageId}"] button.edit`)?.focus();
 }
 
 async function deletePhoto(whaleId, imageId) {
@@ -757,6 +1138,14 @@ function onKey(e) {
   if (e.key === "?") return go(() => { const d = $("#help"); d.open = !d.open; });
   if (e.key === "g") return go(() => { showView("gallery"); $("#gallery-q").focus(); });
   if (e.key === "r") return go(() => { showView("review"); (photos.find((p) => !p.decision)?.card || $("#files")).focus(); });
+  if (!$("#gallery-view").hidden && gallery.current && !$("#whale-detail").hidden) {
+    const li = e.target.closest?.("#whale-photos li");
+    const imageId = li ? Number(li.dataset.image) : null;
+    if (e.key === "e") return go(renameWhale);
+    if (e.key === "m") return go(mergeWhale);
+    if (li && e.key === "v") return go(() => movePhotos(gallery.current, [imageId]));
+    if (li && e.key === "d") return go(() => editPhoto(gallery.current, imageId));
+  }
   if (!photo) {
     if ((e.key === "j" || e.key === "k") && photos.length && !$("#review-view").hidden) go(() => photos[0].card.focus());
     return;
@@ -819,6 +1208,10 @@ function init() {
   $("#page-prev").addEventListener("click", () => { gallery.offset = Math.max(0, gallery.offset - PAGE_SIZE); loadWhales(); });
   $("#page-next").addEventListener("click", () => { gallery.offset += PAGE_SIZE; loadWhales(); });
   $("#delete-whale").addEventListener("click", deleteWhale);
+  $("#rename-whale").addEventListener("click", renameWhale);
+  $("#merge-whale").addEventListener("click", mergeWhale);
+  $("#move-selected").addEventListener("click", () => movePhotos(gallery.current, selectedPhotos()));
+  for (const [, sel] of SCOPE_FIELDS) $(sel).addEventListener("input", showScopeSummary);
   document.addEventListener("keydown", onKey);
   window.addEventListener("beforeunload", (e) => {
     if (hasUnfinishedWork()) {
