@@ -147,11 +147,16 @@ def _rewrite(src, dst, change):
                 zout.writestr(name, data)
 
 
+def _last_photo(path):
+    """The archive's last photo member (w4's: a lazy import would have written the other whales first)."""
+    with zipfile.ZipFile(path) as zf:
+        return [i for i in zf.infolist() if i.filename.startswith("photos/")][-1]
+
+
 def _flip_stored_byte(src, dst):
-    """Flip one byte inside the first photo's data, in the zip file itself (its CRC no longer matches)."""
+    """Flip one byte inside the last photo's data, in the zip file itself (its CRC no longer matches)."""
     shutil.copy(src, dst)
-    with zipfile.ZipFile(dst) as zf:
-        info = next(i for i in zf.infolist() if i.filename.startswith("photos/"))
+    info = _last_photo(dst)
     raw = bytearray(dst.read_bytes())
     start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
     raw[start + info.compress_size // 2] ^= 0xFF
@@ -182,7 +187,7 @@ def _resum(path):
 CORRUPT = {
     "flipped byte": (lambda s, d: _flip_stored_byte(s, d), "cannot be read (Bad CRC-32"),
     "altered photo": (
-        lambda s, d: _rewrite(s, d, lambda n, b: b[:-1] + bytes([b[-1] ^ 1]) if n.startswith("photos/") else b),
+        lambda s, d: _rewrite(s, d, lambda n, b: b[:-1] + bytes([b[-1] ^ 1]) if n == _last_photo(s).filename else b),
         "does not match its sha256",
     ),
     "no catalogue.json": (
@@ -238,6 +243,22 @@ def test_cli_refuses_a_corrupt_archive_in_one_line(source, tmp_path):
     assert res.output.strip().splitlines() == [
         f"error: catalogue archive {bad} has format version 2; this whaleid reads version 1 (a newer whaleid wrote it?)"
     ]
+
+
+def test_cli_export_then_import(source, tmp_path):
+    from typer.testing import CliRunner
+
+    from whaleid.cli import app
+
+    runner, bundle = CliRunner(), str(source["bundle"])
+    out = runner.invoke(app, ["catalogue", "export", bundle, "--out", str(tmp_path / "c.zip")])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["photos"] == 2 * WHALES
+    args = ["catalogue", "import", bundle, "--archive", str(tmp_path / "c.zip"), "--gallery-dir", str(tmp_path / "g")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["photos_added"] == 2 * WHALES
+    assert _state(source["bundle"], tmp_path / "g")["whales"] == _state(source["bundle"])["whales"]
 
 
 def test_photos_without_bytes_fail_the_export_unless_allowed(source, tmp_path):
