@@ -171,6 +171,17 @@ class LocalFeatureSpec(_Strict):
     lnbnn_weight: float = Field(4.0, ge=0)
 
 
+class EdgeSpec(_Strict):
+    """The fluke's trailing edge as a third cue (``index.edge``): extracted and stored per enrolled photo
+    when this section is present, used by the ``edge_fused`` scoring mode.
+
+    Attributes:
+        band: Sakoe-Chiba half-width of the DTW matching, as a share of the edge's points.
+    """
+
+    band: float = Field(0.1, ge=0, le=1)
+
+
 class Manifest(_Strict):
     """The bundle's data contract (``manifest.json``). See the module docstring."""
 
@@ -186,6 +197,9 @@ class Manifest(_Strict):
     scoring: ScoringModeName = "embedding"
     thresholds: dict[ScoringModeName, ThresholdSpec] = Field(default_factory=dict)
     local_features: LocalFeatureSpec | None = None
+    edge: EdgeSpec | None = None
+    #: coefficients of scoring modes registered beyond the built-in ones (mode name -> numbers)
+    mode_params: dict[ScoringModeName, list[float]] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
 

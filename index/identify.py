@@ -217,9 +217,10 @@ class Identifier:
         t1 = time.perf_counter()
         if match_scope != "none" and self.matcher is not None:
             features = self.local.extract(prep.image.pixels, prep.base_box)
-        ev = modes.gather(self.gallery, hits, query, self.matcher, features, match_scope, names)
+        extras = spec.query_extras(self.manifest, prep.image.pixels, prep.base_box)
+        ev = modes.gather(self.gallery, hits, query, self.matcher, features, match_scope, names, extras)
         entries = modes.rank(spec, ev, self.manifest, k, explain)
-        if features is not None:
+        if features is not None or extras:
             prep.timings_ms["local"] = (time.perf_counter() - t1) * 1e3
         ranked = [(e.whale_id, e.score) for e in entries]
         evidence = self._evidence(entries, query, explain)
@@ -249,6 +250,7 @@ class Identifier:
             extra["scope"] = {"applied": scope.as_dict(), "whales_in_scope": len(names)}
         if prep.metadata:
             extra["photo_metadata"] = prep.metadata
+        extra.update(spec.response_extras(ev, explain))
         return extra | {
             "predictions": predictions,
             "boxes": [[round(float(v), 1) for v in b] for b in prep.boxes],
@@ -320,5 +322,6 @@ class Identifier:
             ev = {k: (round(v, SCORE_DECIMALS) if isinstance(v, float) else v) for k, v in ev.items()}
             if explain and e.pairs is not None:
                 ev["keypoint_pairs"] = np.round(e.pairs, 1).tolist()
+            ev.update(e.extra or {})
             out[e.whale_id] = {k: v for k, v in ev.items() if v is not None}
         return out

@@ -55,11 +55,17 @@ def pairs_of(
             inl.append(ev.inliers(ident))
             lb.append(ev.lnbnn_of(ident) or 0.0)
     lnbnn_known = bool(evidence) and evidence[0].lnbnn is not None
+    extra: dict[str, list] = {}
+    for i in idx:
+        ev = evidence[i]
+        for name, values in mode.pair_features(ev, mode.candidates(ev, manifest, RANK_K), manifest).items():
+            extra.setdefault(name, []).extend(np.asarray(values, float).tolist())
     return modes.Pairs(
         np.asarray(same, bool),
         np.asarray(cos, float),
         np.asarray(inl, float),
         np.asarray(lb, float) if lnbnn_known else None,
+        {name: np.asarray(v, float) for name, v in extra.items()},
     )
 
 
@@ -130,8 +136,16 @@ def study_modes(
                 box = embedder.detector.detect([pixels])[0]
             t0 = time.perf_counter()
             feats = extractor.extract(pixels, box)
-        evidence.append(modes.gather(gallery, ranking[i], embs[i], matcher, feats, scope, names_of))
-        if feats is not None:
+        extras: dict = {}
+        if any(type(m).query_extras is not modes.ScoringMode.query_extras for m in chosen):
+            if extractor is None:
+                pixels = load_image_file(Path(images) / name, FOLDER_LIMITS).pixels
+                box = (boxes_of or {}).get(name)
+            t0 = t0 or time.perf_counter()
+            for m in chosen:
+                extras.update(m.query_extras(manifest, pixels, box))
+        evidence.append(modes.gather(gallery, ranking[i], embs[i], matcher, feats, scope, names_of, extras))
+        if feats is not None or extras:
             t_local += time.perf_counter() - t0
 
     order = np.random.default_rng(0).permutation(len(names))

@@ -26,6 +26,7 @@ from core.manifest import Manifest
 from core.preprocess import DecodeLimits
 from index.build import make_thumbnail
 from index.bundle import open_bundle
+from index.edge import edge_blob
 from index.identify import PreparedPhoto
 from index.metadata import PhotoMetadata, SearchScope, near_duplicates, perceptual_hash
 from index.store import GalleryStore, NewImage
@@ -238,9 +239,9 @@ class WhaleService:
                 raise
             emb, femb = await self.embed(prep, flipped)
             sha = prep.sha256
-            thumb, feats, phash = await to_thread.run_sync(self._extras, prep)
+            thumb, feats, phash, edge = await to_thread.run_sync(self._extras, prep)
             box = prep.boxes[0].tolist()
-            new.append(NewImage(sha, emb, name or None, box, thumb, feats, prep.metadata or None, phash, data))
+            new.append(NewImage(sha, emb, name or None, box, thumb, feats, prep.metadata or None, phash, data, edge))
             if flipped:
                 mirror.append(NewImage(sha, femb, name or None))
         near = await to_thread.run_sync(self._near_duplicates, new, [name for name, _ in photos])
@@ -279,10 +280,11 @@ class WhaleService:
         store = self.store
         return sorted({w for sha in set(sha256s) for w, _ in store.photos_with_sha256(sha) if w != whale_id})
 
-    def _extras(self, prep: PreparedPhoto) -> tuple[bytes, bytes | None, str]:
+    def _extras(self, prep: PreparedPhoto) -> tuple[bytes, bytes | None, str, bytes | None]:
         thumb = make_thumbnail(prep.image.pixels, self.settings.thumbnail_px)
         feats = self.local.encode_photo(prep.image.pixels, prep.base_box) if self.local is not None else None
-        return thumb, feats, perceptual_hash(prep.image.pixels)
+        edge = edge_blob(prep.image.pixels, prep.base_box) if self.manifest.edge is not None else None
+        return thumb, feats, perceptual_hash(prep.image.pixels), edge
 
     def changed(self) -> None:
         """Count a gallery change; snapshot the FAISS index in the background every ``snapshot_every``."""

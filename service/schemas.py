@@ -135,6 +135,11 @@ class IdentifyResponse(BaseModel):
     fluke_check: FlukeCheckInfo
     timing_ms: dict[str, float] = Field(description="Milliseconds per stage: decode, boxes, embed, search, total.")
     scope: ScopeInfo | None = Field(None, description="With scope_* parameters: the scope applied.")
+    trailing_edge: dict | None = Field(
+        None,
+        description="edge_fused mode: whether the query's trailing edge was found (found, notch_index, and with "
+        "explain=true its points [[x, y], ...] in pixels), else why not (reason: too_small, cut_off, not_found).",
+    )
     photo_metadata: PhotoMetadataModel | None = Field(
         None, description="The query photo's date and place: the form fields sent, completed by its EXIF."
     )

@@ -94,3 +94,24 @@ def view(img: np.ndarray, seed: int) -> np.ndarray:
     out = cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), borderMode=cv2.BORDER_REFLECT)
     out = out.astype(np.float32) * rng.uniform(0.85, 1.15) + rng.normal(0, 4, out.shape)
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+#: Tips, notch and a whale's nicks ``(centre x, half-width, depth)`` of a drawn fluke, photo pixels.
+FLUKE_TIPS = ((40.0, 60.0), (200.0, 112.0), (360.0, 60.0))
+
+
+def drawn_fluke(nicks, scale: float = 1.0, angle_deg: float = 0.0, size=(400, 260), seed: int = 0) -> np.ndarray:
+    """A white-sky photo ``(h, w, 3) uint8`` of a dark fluke whose trailing edge has a 12 px notch at
+    x = 200 and the given nicks, scaled and rotated about the photo's centre (as tests/index/test_edge.py)."""
+    x = np.arange(40.0, 361.0)
+    y = 60.0 + 40.0 * (1.0 - np.abs(x - 200.0) / 160.0) ** 1.5 + 12.0 * np.clip(1.0 - np.abs(x - 200.0) / 10.0, 0, None)
+    for cx, half, depth in nicks:
+        y += depth * np.clip(1.0 - np.abs(x - cx) / half, 0.0, None)
+    below = np.array([(330, 95), (250, 140), (215, 200), (185, 200), (150, 140), (70, 95)], np.float64)
+    outline = np.vstack([np.stack([x, y], axis=1), below])
+    w, h = size
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle_deg, scale)
+    pts = outline @ m[:, :2].T + m[:, 2]
+    img = np.clip(np.random.default_rng(seed).normal(238, 4, (h, w, 3)), 0, 255).astype(np.uint8)
+    cv2.fillPoly(img, [np.round(pts * 16).astype(np.int32)], (40, 45, 50), lineType=cv2.LINE_AA, shift=4)
+    return img

@@ -72,6 +72,14 @@ def build_gallery(
             help="Store SIFT features for local/fused scoring (default: as the manifest says).",
         ),
     ] = None,
+    edges: Annotated[
+        bool | None,
+        typer.Option(
+            "--edges/--no-edges",
+            help="Store each photo's trailing edge for the edge_fused mode (about 0.15 s a photo; default: as "
+            "the manifest says).",
+        ),
+    ] = None,
     embedding_scoring: Annotated[
         str | None,
         typer.Option(help="centroid (a mean vector per whale) or image_max (its best photo); default: the manifest's."),
@@ -96,6 +104,7 @@ def build_gallery(
             gallery_dir,
             reset,
             local_features=local_features,
+            edges=edges,
             embedding_scoring=embedding_scoring,
             faiss_factory=faiss_factory,
         )

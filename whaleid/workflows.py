@@ -46,12 +46,14 @@ def build_gallery(
     local_features: bool | None = None,
     embedding_scoring: str | None = None,
     faiss_factory: str | None = None,
+    edges: bool | None = None,
 ) -> dict:
     """``whaleid build-gallery``: enrol labelled photos into the bundle's gallery, then snapshot its index.
 
     ``local_features`` True turns local-feature matching on in the manifest (SIFT defaults of
     :class:`core.manifest.LocalFeatureSpec`) and stores each photo's features; False turns it off;
-    None keeps the manifest's setting. ``embedding_scoring`` (``centroid`` or ``image_max``) likewise
+    None keeps the manifest's setting; ``edges`` likewise for the trailing edge (``manifest.edge``, the
+    ``edge_fused`` mode). ``embedding_scoring`` (``centroid`` or ``image_max``) likewise
     changes how the gallery scores identities, and ``faiss_factory`` (e.g. ``IVF1024,Flat`` for
     100k identities and more, see the README's gallery-scale table) the FAISS index; the index is
     rebuilt from the store, which keeps every embedding.
@@ -82,6 +84,11 @@ def build_gallery(
 
         manifest = manifest.model_copy(update={"local_features": LocalFeatureSpec() if local_features else None})
         manifest.save(bundle)
+    if edges is not None and (manifest.edge is not None) != edges:
+        from core.manifest import EdgeSpec
+
+        manifest = manifest.model_copy(update={"edge": EdgeSpec() if edges else None})
+        manifest.save(bundle)
     folder = gallery_folder(bundle, manifest, gallery_dir)
     if reset and folder.exists():  # empty it (it may be a mount point: keep the folder itself)
         for child in folder.iterdir():
@@ -101,6 +108,7 @@ def build_gallery(
         flipped=manifest.gallery.include_flipped,
         thumbnails=True,
         local_features=local,
+        edges=manifest.edge is not None,
         progress=progress,
     )
     gallery.save()

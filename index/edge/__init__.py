@@ -37,6 +37,7 @@ __all__ = [
     "decode_descriptor",
     "describe_photo",
     "edge_distance",
+    "edge_blob",
     "edge_distances",
     "encode_descriptor",
     "extract_edge",
@@ -63,3 +64,9 @@ def describe_photo(pixels: np.ndarray, box=None) -> EdgeDescriptor | NoEdge:
     if isinstance(edge, NoEdge):
         return edge
     return integral_curvature(edge)
+
+
+def edge_blob(pixels: np.ndarray, box=None) -> bytes | None:
+    """The photo's trailing edge as a stored ``WTE1`` blob, or None when it has none (see :func:`describe_photo`)."""
+    desc = describe_photo(pixels, box)
+    return None if isinstance(desc, NoEdge) else encode_descriptor(desc)

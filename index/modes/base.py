@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -69,6 +69,8 @@ class RankedIdentity:
     image_id: int | None = None
     pairs: np.ndarray | None = None
     lnbnn: float | None = None
+    #: evidence of other cues a mode adds (e.g. ``edge_distance``), reported as they are
+    extra: dict[str, Any] | None = None
 
 
 @dataclass
@@ -77,6 +79,8 @@ class Evidence:
 
     Attributes:
         names: ``identity_id -> whale_id`` of the identities that may be answered (mirror identities left out).
+        extras: per-query data of other cues, from :meth:`ScoringMode.query_extras`.
+        gallery: the gallery searched, for modes that read more of the store.
         ranking: the embedding search's hits, best first (at least as many as the widest mode asked for).
         matches: ``identity_id -> IdentityMatch`` of the identities whose photos RANSAC verified.
         lnbnn: ``identity_id -> LNBNN score`` of the identities the descriptor index voted for
@@ -90,6 +94,10 @@ class Evidence:
     matches: Mapping[int, IdentityMatch] = field(default_factory=dict)
     lnbnn: Mapping[int, float] | None = None
     similarity: Callable[[list[int]], Mapping[int, float]] | None = None
+    #: what modes computed from the query photo itself (:meth:`ScoringMode.query_extras`), e.g. its edge
+    extras: dict[str, Any] = field(default_factory=dict)
+    #: the gallery (modes that read their own data from its store, e.g. stored edges)
+    gallery: Any = None
     _cosine: dict[int, float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:  # the ranking's cosines are known
@@ -128,6 +136,7 @@ def local_entry(
     local_score: float | None = None,
     fused_score: float | None = None,
     explain: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> RankedIdentity:
     """A ranked identity carrying its local evidence (inliers, matches, best photo, LNBNN score and, with
     ``explain``, the inlier pairs; no pairs when it was not verified)."""
@@ -145,6 +154,7 @@ def local_entry(
         m.image_id if m is not None else None,
         pairs,
         ev.lnbnn_of(ident),
+        extra,
     )
 
 
@@ -162,6 +172,8 @@ class Pairs:
     cosine: np.ndarray
     inliers: np.ndarray
     lnbnn: np.ndarray | None
+    #: other features of a mode's own (:meth:`ScoringMode.pair_features`), ``name -> (n,) float64``
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class ScoringMode:
@@ -177,9 +189,26 @@ class ScoringMode:
     summary: ClassVar[str] = ""
     needs_local_features: ClassVar[bool] = False
 
+    def is_available(self, manifest: Manifest) -> bool:
+        """Whether a bundle can serve the mode (default: it has local features when the mode needs them)."""
+        return manifest.local_features is not None or not self.needs_local_features
+
     def embedding_k(self, manifest: Manifest, k: int) -> int:
         """Embedding hits the mode needs for a top-``k`` answer (default ``k``)."""
         return k
+
+    def query_extras(self, manifest: Manifest, pixels: np.ndarray, box) -> dict[str, Any]:
+        """What the mode computes from the query photo itself (``(H, W, 3) uint8`` pixels, base box or None),
+        put into :attr:`Evidence.extras` (default: nothing)."""
+        return {}
+
+    def pair_features(self, ev: Evidence, ids: Sequence[int], manifest: Manifest) -> dict[str, np.ndarray]:
+        """The mode's own features of query-candidate pairs, for :class:`Pairs` (default: none)."""
+        return {}
+
+    def response_extras(self, ev: Evidence, explain: bool) -> dict[str, Any]:
+        """Fields the mode adds to an identify response (default: none)."""
+        return {}
 
     def match_scope(self, manifest: Manifest) -> MatchScope:
         """How much local matching the mode needs (default: none)."""
@@ -243,8 +272,7 @@ def get(name: str) -> ScoringMode:
 
 def available(manifest: Manifest) -> list[str]:
     """The registered modes a bundle can serve (those needing local features only when it has them)."""
-    has_local = manifest.local_features is not None
-    return [n for n, m in _REGISTRY.items() if has_local or not m.needs_local_features]
+    return [n for n, m in _REGISTRY.items() if m.is_available(manifest)]
 
 
 def top_k(entries: list[RankedIdentity], k: int) -> list[RankedIdentity]:

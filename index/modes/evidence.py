@@ -22,6 +22,7 @@ def gather(
     features: LocalFeatures | None = None,
     scope: MatchScope = "none",
     names: Mapping[int, str] | None = None,
+    extras: dict | None = None,
 ) -> Evidence:
     """The evidence a mode needs about one query.
 
@@ -39,13 +40,15 @@ def gather(
             ``"none"``).
         scope: how much local matching to run.
         names: ``identity_id -> whale_id`` of the answerable identities (default: the gallery's).
+        extras: per-query data of other cues (:meth:`ScoringMode.query_extras`).
     """
     names = gallery.answerable_names() if names is None else names
     similarity = None if embedding is None else (lambda ids: gallery.similarities(embedding, ids))
+    more = {"extras": dict(extras or {}), "gallery": gallery}
     if scope == "none" or matcher is None or features is None:
-        return Evidence(names, ranking, similarity=similarity)
+        return Evidence(names, ranking, similarity=similarity, **more)
     if matcher.descriptors is not None:
         lnbnn, matches = matcher.lnbnn_candidates(features)
-        return Evidence(names, ranking, matches, lnbnn, similarity)
+        return Evidence(names, ranking, matches, lnbnn, similarity, **more)
     ids = list(names) if scope == "all" else [h.identity_id for h in ranking]
-    return Evidence(names, ranking, matcher.score_identities(features, ids), None, similarity)
+    return Evidence(names, ranking, matcher.score_identities(features, ids), None, similarity, **more)

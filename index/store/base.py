@@ -129,6 +129,8 @@ class NewImage:
     phash: str | None = None
     #: the photo's original bytes (export, and re-embedding with another model: ``whaleid reindex``)
     original: bytes | None = None
+    #: the trailing-edge descriptor (``index.edge.encode_descriptor``, a ``WTE1`` blob)
+    edge: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -333,6 +335,10 @@ class GalleryStore(Protocol):
 
     def local_features_of(self, identity_ids: Sequence[int]) -> list[tuple[int, int, bytes | None]]:
         """``(image_id, identity_id, blob)`` of every photo of the given identities."""
+        ...
+
+    def edges_of(self, identity_ids: Sequence[int]) -> list[tuple[int, int, bytes]]:
+        """``(image_id, identity_id, trailing-edge blob)`` of the photos of these identities that have one."""
         ...
 
     def local_feature_owners(self) -> dict[int, int]:

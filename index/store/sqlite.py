@@ -49,8 +49,9 @@ from index.store.sqlite_reads import SQLiteReads
 
 log = logging.getLogger(__name__)
 
-#: 1: identities and images; 2: photo metadata, perceptual hash and original bytes, the audit log.
-SCHEMA_VERSION = 2
+#: 1: identities and images; 2: photo metadata, perceptual hash and original bytes, the audit log;
+#: 3: the trailing-edge descriptor of a photo.
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,8 +83,8 @@ CREATE TABLE IF NOT EXISTS audit (
     details TEXT NOT NULL
 );
 """
-#: Columns schema 2 added to ``images`` (a schema-1 file gains them, empty, when opened).
-_V2_IMAGE_COLUMNS = {"metadata": "TEXT", "phash": "TEXT", "original": "BLOB"}
+#: Columns schemas 2 and 3 added to ``images`` (a schema-1 file gains them, empty, when opened).
+_V2_IMAGE_COLUMNS = {"metadata": "TEXT", "phash": "TEXT", "original": "BLOB", "edge": "BLOB"}
 
 
 class SQLiteGalleryStore(SQLiteCatalogue, SQLiteReads):
@@ -341,7 +342,7 @@ class SQLiteGalleryStore(SQLiteCatalogue, SQLiteReads):
                 continue
             cur = self._db.execute(
                 "INSERT INTO images(identity_id, sha256, source, box, embedding, added_at, thumbnail,"
-                " local_features, metadata, phash, original) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " local_features, metadata, phash, original, edge) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     ident,
                     img.sha256,
@@ -354,6 +355,7 @@ class SQLiteGalleryStore(SQLiteCatalogue, SQLiteReads):
                     json.dumps(img.metadata) if img.metadata else None,
                     img.phash,
                     img.original,
+                    img.edge,
                 ),
             )
             added.append(int(cur.lastrowid))

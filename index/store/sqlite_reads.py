@@ -99,6 +99,22 @@ class SQLiteReads:
             ).fetchall()
         return [(int(r[0]), int(r[1]), json.loads(r[2])) for r in rows]
 
+    def edges_of(self, identity_ids: Sequence[int]) -> list[tuple[int, int, bytes]]:
+        """``(image_id, identity_id, trailing-edge blob)`` of the photos of these identities that have one."""
+        ids = [int(i) for i in identity_ids]
+        out = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT id, identity_id, edge FROM images WHERE identity_id IN ({marks}) AND edge IS NOT NULL"
+                    " ORDER BY id",
+                    chunk,
+                ).fetchall()
+            out += [(int(r[0]), int(r[1]), bytes(r[2])) for r in rows]
+        return out
+
     def original_of(self, image_id: int) -> bytes | None:
         """A photo's original bytes, when stored."""
         with self._lock:
