@@ -207,3 +207,14 @@ def test_catalogue_operations(backend):
     assert [e.operation for e in log] == ["edit_metadata", "move_photos", "merge", "rename", "enrol", "enrol"]
     assert log[3].actor == "key:abc" and log[3].details == {"whale_id": "A", "new_whale_id": "A2"}
     assert store.count_audit() == 6 and [e.operation for e in store.audit_log(offset=4, limit=1)] == ["enrol"]
+
+
+def test_trailing_edges_are_stored_per_photo(backend):
+    store = backend()
+    a = store.add_images("A", [img("a", E[0], edge=b"WTE1-a"), img("b", E[1])])
+    c = store.add_images("C", [img("c", E[2], edge=b"WTE1-c")])
+    assert store.edges_of([a.identity_id]) == [(a.added_ids[0], a.identity_id, b"WTE1-a")]
+    assert sorted(store.edges_of([a.identity_id, c.identity_id])) == sorted(
+        [(a.added_ids[0], a.identity_id, b"WTE1-a"), (c.added_ids[0], c.identity_id, b"WTE1-c")]
+    )
+    assert store.edges_of([]) == [] and store.edges_of([999]) == []
