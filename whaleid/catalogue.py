@@ -9,11 +9,12 @@ policy's fallback crops, or the target's detector).
 
 **Import** first checks the whole archive (zip, members, every checksum, format and version, whale ids,
 metadata) and changes nothing when any check fails; then it writes one transaction per whale (its photos
-and their mirror images). A photo its whale already holds (same sha256) is skipped, so importing twice
-changes nothing, and an interrupted import completes when run again. The archive's audit entries are
-kept **as they were** in ``catalogue-audit.jsonl`` beside the store (the store has no operation that
-writes past entries), each with ``imported_from``; the import's own writes are the store's ``enrol``
-entries by actor ``catalogue-import`` (``reindex`` for :func:`reindex`).
+and their mirror images; per :data:`GROUP_PHOTOS` photos of a larger whale). A photo its whale already
+holds (same sha256) is skipped, so importing twice changes nothing, and an interrupted import completes
+when run again. The archive's audit entries are kept **as they were** in ``catalogue-audit.jsonl`` beside
+the store (the store has no operation that writes past entries), each with ``imported_from``; the import's
+own writes are the store's ``enrol`` entries by actor ``catalogue-import`` (``reindex`` for
+:func:`reindex`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 AUDIT_SIDECAR = "catalogue-audit.jsonl"
 IMPORT_ACTOR = "catalogue-import"
 REINDEX_ACTOR = "reindex"
+#: Photos of one whale written per transaction (their decoded pixels are held until it is written).
+GROUP_PHOTOS = 16
 
 # -- reading a gallery ---------------------------------------------------------------------------
 
@@ -218,7 +221,8 @@ def _base_box(box: list[float] | None, pixels: np.ndarray) -> np.ndarray | None:
 def enrol_entries(
     opened, photos: list[PhotoEntry], read: Callable[[PhotoEntry], bytes], actor: str, progress: bool = True
 ) -> dict:
-    """Embed photos from their bytes with an opened bundle and enrol them, one transaction per whale.
+    """Embed photos from their bytes with an opened bundle and enrol them, a transaction per whale (per
+    :data:`GROUP_PHOTOS` photos of a whale with more).
 
     The enrolment path of :func:`index.build.build_gallery`: decode (:data:`index.build.FOLDER_LIMITS`),
     the embedder's TTA boxes around the stored base box (:func:`_base_box`), ``boxes[0]`` kept as the box,
@@ -237,10 +241,9 @@ def enrol_entries(
 
     Raises:
         CorruptArtifactError: bytes whose sha256 is not the photo's. InputImageError: a photo that does
-        not decode (the whales before it are enrolled; running again completes the rest).
+        not decode (the photos before it are enrolled; running again completes the rest).
     """
-    from core.preprocess import decode_image
-    from index.build import FOLDER_LIMITS, make_thumbnail
+    from index.build import make_thumbnail
     from index.metadata import perceptual_hash
     from index.store import NewImage
 
@@ -264,45 +267,58 @@ def enrol_entries(
             bar.update(len(entries) - len(todo))
             if not todo:
                 continue
-            decoded = []
-            for p in todo:
-                data = read(p)
-                if hashlib.sha256(data).hexdigest() != p.sha256:
-                    raise CorruptArtifactError(str(p.source or p.sha256), "the bytes do not match the photo's sha256")
-                try:
-                    decoded.append((data, decode_image(data, FOLDER_LIMITS).pixels))
-                except WhaleidError as exc:
-                    exc.detail = f"{exc.detail} (photo {p.sha256[:12]} of whale {wid!r}, {p.source})"
-                    raise
-            items = [(px, _base_box(p.box_xyxy_px, px)) for p, (_, px) in zip(todo, decoded, strict=True)]
-            new, mirror = [], []
-            for p, (data, px), emb in zip(todo, decoded, embedder.embed_many(items, flipped=flipped), strict=True):
-                box = emb.boxes[0]
-                new.append(
-                    NewImage(
-                        sha256=p.sha256,
-                        embedding=emb.embedding,
-                        source=p.source,
-                        box_xyxy_px=box.tolist(),
-                        thumbnail=make_thumbnail(px),
-                        local_features=local.encode_photo(px, box) if local is not None else None,
-                        metadata=p.metadata or None,
-                        phash=perceptual_hash(px),
-                        original=data,
+            counts["whales_extended" if gallery.store.has_identity(wid) else "whales_created"] += 1
+            for at in range(0, len(todo), GROUP_PHOTOS):  # bounded memory: decoded photos of one group at a time
+                new, mirror = [], []
+                for p, data, px, emb in _embedded(embedder, todo[at : at + GROUP_PHOTOS], read, flipped):
+                    box = emb.boxes[0]
+                    new.append(
+                        NewImage(
+                            sha256=p.sha256,
+                            embedding=emb.embedding,
+                            source=p.source,
+                            box_xyxy_px=box.tolist(),
+                            thumbnail=make_thumbnail(px),
+                            local_features=local.encode_photo(px, box) if local is not None else None,
+                            metadata=p.metadata or None,
+                            phash=perceptual_hash(px),
+                            original=data,
+                        )
                     )
-                )
-                if flipped:
-                    mirror.append(NewImage(sha256=p.sha256, embedding=emb.flipped, source=p.source))
-                bar.update(1)
-            existed = gallery.store.has_identity(wid)
-            res = gallery.add(wid, new, mirror or None, actor=actor)
-            counts["photos_added"] += len(res.image_ids)
-            counts["photos_skipped"] += len(res.duplicate_image_ids)
-            counts["whales_extended" if existed else "whales_created"] += 1
+                    if flipped:
+                        mirror.append(NewImage(sha256=p.sha256, embedding=emb.flipped, source=p.source))
+                    bar.update(1)
+                res = gallery.add(wid, new, mirror or None, actor=actor)
+                counts["photos_added"] += len(res.image_ids)
+                counts["photos_skipped"] += len(res.duplicate_image_ids)
     finally:
         bar.close()
     gallery.save()
     return counts
+
+
+def _embedded(embedder, photos: list[PhotoEntry], read: Callable[[PhotoEntry], bytes], flipped: bool):
+    """Yield ``(photo, bytes, pixels (H, W, 3) uint8, PhotoEmbedding)`` of each photo, checked and decoded.
+
+    Raises:
+        CorruptArtifactError: bytes whose sha256 is not the photo's. InputImageError: undecodable bytes.
+    """
+    from core.preprocess import decode_image
+    from index.build import FOLDER_LIMITS
+
+    decoded = []
+    for p in photos:
+        data = read(p)
+        if hashlib.sha256(data).hexdigest() != p.sha256:
+            raise CorruptArtifactError(str(p.source or p.sha256), "the bytes do not match the photo's sha256")
+        try:
+            decoded.append((p, data, decode_image(data, FOLDER_LIMITS).pixels))
+        except WhaleidError as exc:
+            exc.detail = f"{exc.detail} (photo {p.sha256[:12]} of whale {p.whale_id!r}, {p.source})"
+            raise
+    items = [(px, _base_box(p.box_xyxy_px, px)) for p, _, px in decoded]
+    for (p, data, px), emb in zip(decoded, embedder.embed_many(items, flipped=flipped), strict=True):
+        yield p, data, px, emb
 
 
 # -- import and reindex ----------------------------------------------------------------------------
