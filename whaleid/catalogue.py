@@ -179,6 +179,7 @@ def export_catalogue(
     out = Path(out)
     with open_bundle(bundle, gallery_dir) as opened:
         store = opened.gallery.store
+        generation = store.generation
         identities, photos, missing = catalogue_of(store)
         _check_missing(missing, len(photos) + missing, allow_missing, "exported")
         cat = Catalogue(
@@ -195,6 +196,8 @@ def export_catalogue(
         )
         read = _reader(store, photos)
         size = write_archive(out, cat, ((p.sha256, lambda p=p: read(p)) for _, p in photos), progress)
+        if store.generation != generation:
+            log.warning("the gallery changed during the export: export again for a copy of one moment")
     return {
         "archive": str(out),
         "identities": len(identities),
@@ -361,9 +364,10 @@ def import_catalogue(
 def _stored_dim(store_file: Path) -> int:
     """The embedding dimension an SQLite gallery store records (read-only; no bundle needed)."""
     import sqlite3
+    from contextlib import closing
 
     try:
-        with sqlite3.connect(f"file:{store_file}?mode=ro", uri=True) as db:
+        with closing(sqlite3.connect(f"file:{store_file}?mode=ro", uri=True)) as db:
             row = db.execute("SELECT value FROM meta WHERE key='dim'").fetchone()
     except sqlite3.DatabaseError as exc:
         raise CorruptArtifactError(store_file, f"not a readable gallery store ({exc})") from None
@@ -443,7 +447,7 @@ def _reader(store, photos: list[tuple[int, PhotoEntry]]) -> Callable[[PhotoEntry
         data = store.original_of(ids[id(p)])
         if data is None:
             raise CorruptArtifactError(
-                store.path, f"photo {ids[id(p)]}'s bytes vanished from the store while it was read"
+                store.path, f"photo {ids[id(p)]} was deleted while the catalogue was read: run again"
             )
         return data
 
