@@ -46,10 +46,12 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import psycopg
+from psycopg.types.json import Jsonb
 
 from core.errors import ManifestMismatchError, UnknownIdentityError, UnknownImageError
 from index.store.base import AddOutcome, NewImage, _now, flipped_id
 from index.store.pg_migrate import SCHEMA_VERSION, check_schema
+from index.store.postgres_catalogue import PostgresCatalogue, audit
 from index.store.postgres_errors import redact, translate
 from index.store.postgres_reads import PostgresReads
 
@@ -63,7 +65,7 @@ class _Retry(Exception):
     """A stale connection failed before anything was sent: reconnect and run again."""
 
 
-class PostgresGalleryStore(PostgresReads):
+class PostgresGalleryStore(PostgresCatalogue, PostgresReads):
     """A :class:`~index.store.GalleryStore` in a PostgreSQL database (see the module docstring).
 
     Thread-safe: reads share one autocommit connection, changes another, each under its own lock,
@@ -274,6 +276,8 @@ class PostgresGalleryStore(PostgresReads):
                 outcome, group_changed = self._add_group(conn, whale_id, images, flipped)
                 outcomes.append(outcome)
                 changed = changed or group_changed
+                if outcome.added_ids and not flipped:
+                    audit(conn, "enrol", actor, whale_id=whale_id, image_ids=outcome.added_ids)
             return outcomes, changed
 
         return self._write(add)
@@ -297,8 +301,8 @@ class PostgresGalleryStore(PostgresReads):
                 continue
             box = None if img.box_xyxy_px is None else json.dumps([round(float(v), 2) for v in img.box_xyxy_px])
             new = conn.execute(
-                "INSERT INTO images (identity_id, sha256, source, box, embedding, added_at, thumbnail, local_features)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                "INSERT INTO images (identity_id, sha256, source, box, embedding, added_at, thumbnail, local_features,"
+                " metadata, phash, original) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                 (
                     ident,
                     img.sha256,
@@ -308,6 +312,9 @@ class PostgresGalleryStore(PostgresReads):
                     _now(),
                     img.thumbnail,
                     img.local_features,
+                    Jsonb(img.metadata) if img.metadata else None,
+                    img.phash,
+                    img.original,
                 ),
             ).fetchone()
             added.append(int(new[0]))
@@ -329,6 +336,7 @@ class PostgresGalleryStore(PostgresReads):
             ids = dict((name, int(i)) for i, name in rows)
             if whale_id not in ids:
                 raise UnknownIdentityError(whale_id)  # rolls back (the mirror alone is not removed)
+            audit(conn, "delete_whale", actor, whale_id=whale_id)
             return [ids[whale_id]] + ([ids[flipped_id(whale_id)]] if flipped_id(whale_id) in ids else []), True
 
         return self._write(remove)
@@ -360,6 +368,7 @@ class PostgresGalleryStore(PostgresReads):
             left = conn.execute("SELECT EXISTS (SELECT 1 FROM images WHERE identity_id = %s)", (ident,)).fetchone()[0]
             if not left:
                 conn.execute("DELETE FROM identities WHERE whale_id = ANY(%s)", ([whale_id, flipped_id(whale_id)],))
+            audit(conn, "delete_photo", actor, whale_id=whale_id, image_id=int(image_id), whale_deleted=not left)
             return (ident, sha, not left), True
 
         return self._write(remove)

@@ -5,12 +5,15 @@ store's ``_read(fn)`` runner and ``dim``). Each query is one autocommit statemen
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from core.errors import UnknownIdentityError
 from index.store.base import IdentityRecord, ImageRecord
+
+#: photos per query when every embedding is read (a chunk's embeddings travel as one bytea: 40 MB at 512-d)
+CHUNK = 20_000
 
 
 class PostgresReads:
@@ -79,18 +82,13 @@ class PostgresReads:
             if row is None:
                 return None
             return c.execute(
-                "SELECT id, sha256, source, box, added_at, thumbnail IS NOT NULL FROM images "
-                "WHERE identity_id = %s ORDER BY id",
-                (int(row[0]),),
+                f"SELECT {_RECORD_COLUMNS} FROM images WHERE identity_id = %s ORDER BY id", (int(row[0]),)
             ).fetchall()
 
         rows = self._read(read)
         if rows is None:
             raise UnknownIdentityError(whale_id)
-        return [
-            ImageRecord(int(r[0]), whale_id, r[1], r[2], json.loads(r[3]) if r[3] else None, r[4], bool(r[5]))
-            for r in rows
-        ]
+        return [_record(whale_id, r) for r in rows]
 
     def image_ids_of(self, identity_id: int) -> set[int]:
         return {int(r[0]) for r in self._rows("SELECT id FROM images WHERE identity_id = %s", (int(identity_id),))}
@@ -129,6 +127,39 @@ class PostgresReads:
         )
         return {(r[0], r[1]) for r in rows}
 
+    def photo_hashes(self) -> list[tuple[int, str, str]]:
+        """``(image_id, whale_id, phash)`` of every photo with a perceptual hash (mirrors excluded)."""
+        rows = self._rows(
+            "SELECT m.id, i.whale_id, m.phash FROM images m JOIN identities i ON i.id = m.identity_id "
+            "WHERE NOT i.flipped AND m.phash IS NOT NULL"
+        )
+        return [(int(r[0]), r[1], r[2]) for r in rows]
+
+    def photo_metadata(self) -> list[tuple[int, int, dict]]:
+        """``(image_id, identity_id, metadata)`` of every photo with metadata (mirrors excluded)."""
+        rows = self._rows(
+            "SELECT m.id, m.identity_id, m.metadata FROM images m JOIN identities i ON i.id = m.identity_id "
+            "WHERE NOT i.flipped AND m.metadata IS NOT NULL"
+        )
+        return [(int(r[0]), int(r[1]), dict(r[2])) for r in rows]
+
+    def original_of(self, image_id: int) -> bytes | None:
+        """A photo's original bytes, when stored."""
+        row = self._one("SELECT original FROM images WHERE id = %s", (int(image_id),))
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def export_rows(self) -> Iterator[tuple[str, ImageRecord, bytes | None]]:
+        """Every photo (mirrors excluded), by image id: ``(whale_id, ImageRecord, original bytes or None)``;
+        one photo's row read at a time (the originals are not all held in memory)."""
+        ids = self._rows(
+            "SELECT m.id, i.whale_id FROM images m JOIN identities i ON i.id = m.identity_id "
+            "WHERE NOT i.flipped ORDER BY m.id"
+        )
+        for image_id, whale_id in ids:
+            r = self._one(f"SELECT {_RECORD_COLUMNS}, original FROM images WHERE id = %s", (int(image_id),))
+            if r is not None:
+                yield whale_id, _record(whale_id, r[:-1]), None if r[-1] is None else bytes(r[-1])
+
     # -- embeddings and local features -----------------------------------------------------------
 
     def embeddings_of(self, identity_id: int) -> np.ndarray:
@@ -150,7 +181,30 @@ class PostgresReads:
 
     def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(image_ids (n,) int64, identity_ids (n,) int64, embeddings (n, d) float32)`` of every photo."""
-        return self._embedding_rows(self._rows("SELECT id, identity_id, embedding FROM images ORDER BY id"))
+        return self._read(self._all_embeddings)
+
+    def _all_embeddings(self, c) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every photo's embedding, ``CHUNK`` photos per query, each chunk's embeddings one ``bytea`` in
+        binary format: a few large buffers instead of a Python row per photo (measured with
+        ``scripts/pg_replica_memory.py``: see the README's "Many replicas on PostgreSQL")."""
+        ids, idents, embs, last = [], [], [], 0
+        cur = c.cursor(binary=True)
+        while True:
+            row = cur.execute(
+                "SELECT array_agg(id ORDER BY id), array_agg(identity_id ORDER BY id), "
+                "string_agg(embedding, ''::bytea ORDER BY id) FROM "
+                "(SELECT id, identity_id, embedding FROM images WHERE id > %s ORDER BY id LIMIT %s) chunk",
+                (last, CHUNK),
+            ).fetchone()
+            if row[0] is None:
+                break
+            ids.append(np.asarray(row[0], dtype=np.int64))
+            idents.append(np.asarray(row[1], dtype=np.int64))
+            embs.append(np.frombuffer(row[2], dtype=np.float32).reshape(-1, self.dim))
+            last = int(ids[-1][-1])
+        if not ids:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, self.dim), np.float32)
+        return np.concatenate(ids), np.concatenate(idents), np.concatenate(embs)
 
     def all_embeddings_of_images(self, image_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`all_embeddings` for the given photos, in the order given (unknown ids skipped)."""
@@ -169,11 +223,11 @@ class PostgresReads:
                 c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 gen = int(c.execute("SELECT value FROM generation").fetchone()[0])
                 names = c.execute("SELECT id, whale_id, flipped FROM identities").fetchall()
-                rows = c.execute("SELECT id, identity_id, embedding FROM images ORDER BY id").fetchall()
-            return gen, names, rows
+                embeddings = self._all_embeddings(c)
+            return gen, names, embeddings
 
-        gen, names, rows = self._read(read)
-        return (gen, {int(r[0]): (r[1], bool(r[2])) for r in names}, *self._embedding_rows(rows))
+        gen, names, embeddings = self._read(read)
+        return (gen, {int(r[0]): (r[1], bool(r[2])) for r in names}, *embeddings)
 
     def local_features_of(self, identity_ids: Sequence[int]) -> list[tuple[int, int, bytes | None]]:
         """``(image_id, identity_id, blob)`` of every photo of the given identities."""
@@ -197,3 +251,20 @@ class PostgresReads:
             ([int(i) for i in image_ids],),
         )
         return [(int(r[0]), int(r[1]), None if r[2] is None else bytes(r[2])) for r in rows]
+
+
+_RECORD_COLUMNS = "id, sha256, source, box, added_at, thumbnail IS NOT NULL, metadata, original IS NOT NULL"
+
+
+def _record(whale_id: str, r) -> ImageRecord:
+    return ImageRecord(
+        int(r[0]),
+        whale_id,
+        r[1],
+        r[2],
+        json.loads(r[3]) if r[3] else None,
+        r[4],
+        bool(r[5]),
+        dict(r[6] or {}),
+        bool(r[7]),
+    )

@@ -138,13 +138,14 @@ def test_an_old_schema_is_refused_with_the_command_that_fixes_it():
     from pg_cluster import shared_cluster
 
     from index.store import open_store
-    from index.store.pg_migrate import migrate
+    from index.store.pg_migrate import SCHEMA_VERSION, migrate
     from index.store.postgres_errors import SchemaVersionError
 
     url = shared_cluster().create_database("old_schema", migrate=False)
     with pytest.raises(SchemaVersionError, match="whaleid store migrate"):
         open_store(url, DIM)
-    assert _together(lambda: migrate(url), lambda: migrate(url)) in ([[1], []], [[], [1]])  # applied once
+    every = list(range(1, SCHEMA_VERSION + 1))
+    assert _together(lambda: migrate(url), lambda: migrate(url)) in ([every, []], [[], every])  # applied once
     open_store(url, DIM).close()
 
 
@@ -185,6 +186,34 @@ def test_the_change_feed_wakes_another_replica_and_survives_a_server_restart(tmp
         reader.close()
     finally:
         cluster.remove()
+
+
+def test_catalogue_operations_racing_enrolments_stay_whole(open_):
+    a, b = open_(), open_()
+    s0 = a.add_images("S", [img("s0")]).added_ids[0]
+    a.add_images("T", [img("t0"), img("s0")])
+
+    def enrol_into_source():
+        return [a.add_image_groups([("S", [img(f"s{i}")], False)], actor="ka")[0].identity_id for i in range(1, 15)]
+
+    ids, merged = _together(enrol_into_source, lambda: b.merge_identities("S", "T", actor="kb"))
+    assert not isinstance(ids, Exception) and not isinstance(merged, Exception)
+    # the enrolments before the merge moved with it; those after re-created S under a new id
+    t_shas = {r.sha256 for r in a.images_of("T")}
+    s_shas = {r.sha256 for r in a.images_of("S")} if a.has_identity("S") else set()
+    assert t_shas | s_shas == {"t0", "s0"} | {f"s{i}" for i in range(1, 15)} and not (t_shas & s_shas)
+    assert merged.duplicate_image_ids == [s0]  # T held the same photo: dropped, not doubled
+    if s_shas:
+        assert a.identity_id("S") > merged.removed_identity_ids[0]
+    log = a.audit_log(limit=100)
+    assert [e.operation for e in log].count("merge") == 1 and {e.actor for e in log} == {"ka", "kb", None}
+    assert a.count_audit() == len(log) == 2 + 14 + 1
+
+    moved = a.move_images("T", [a.images_of("T")[0].image_id], "U")
+    assert moved.created and [r.sha256 for r in a.images_of("U")] == ["t0"]
+    assert a.rename_identity("U", "V") == moved.target_identity_id and not a.has_identity("U")
+    a.update_metadata("V", moved.moved_image_ids[0], {"date": "2024-07-01", "place": None})
+    assert a.images_of("V")[0].metadata == {"date": "2024-07-01"}
 
 
 def _wait(cond, timeout_s: float) -> None:
