@@ -302,7 +302,8 @@ class PostgresGalleryStore(PostgresCatalogue, PostgresReads):
             box = None if img.box_xyxy_px is None else json.dumps([round(float(v), 2) for v in img.box_xyxy_px])
             new = conn.execute(
                 "INSERT INTO images (identity_id, sha256, source, box, embedding, added_at, thumbnail, local_features,"
-                " metadata, phash, original) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                " metadata, phash, original, edge) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " RETURNING id",
                 (
                     ident,
                     img.sha256,
@@ -315,6 +316,7 @@ class PostgresGalleryStore(PostgresCatalogue, PostgresReads):
                     Jsonb(img.metadata) if img.metadata else None,
                     img.phash,
                     img.original,
+                    img.edge,
                 ),
             ).fetchone()
             added.append(int(new[0]))

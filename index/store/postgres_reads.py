@@ -239,6 +239,14 @@ class PostgresReads:
         )
         return [(int(r[0]), int(r[1]), None if r[2] is None else bytes(r[2])) for r in rows]
 
+    def edges_of(self, identity_ids: Sequence[int]) -> list[tuple[int, int, bytes]]:
+        """``(image_id, identity_id, trailing-edge blob)`` of the photos of these identities that have one."""
+        rows = self._rows(
+            "SELECT id, identity_id, edge FROM images WHERE identity_id = ANY(%s) AND edge IS NOT NULL ORDER BY id",
+            ([int(i) for i in identity_ids],),
+        )
+        return [(int(r[0]), int(r[1]), bytes(r[2])) for r in rows]
+
     def local_feature_owners(self) -> dict[int, int]:
         """``image_id -> identity_id`` of every photo with local features (no blob is read)."""
         rows = self._rows("SELECT id, identity_id FROM images WHERE local_features IS NOT NULL")
