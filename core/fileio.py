@@ -84,3 +84,18 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
         for chunk in iter(lambda: fh.read(chunk_bytes), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_jsonl_by(path: str | Path, key: str) -> dict[str, dict]:
+    """The records of a JSON-lines log, by their ``key`` field (later lines win); a missing file is empty
+    and a line a crash left truncated is skipped (resumable batch runs: ``predict``, ``report``)."""
+    done: dict[str, dict] = {}
+    if Path(path).exists():
+        with open(path) as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                done[rec[key]] = rec
+    return done

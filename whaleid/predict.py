@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.errors import InputImageError
-from core.fileio import atomic_write_text
+from core.fileio import atomic_write_text, read_jsonl_by
 from index.build import FOLDER_LIMITS
 from index.bundle import open_bundle
 from index.gallery import Gallery
@@ -89,16 +89,7 @@ def list_photos(folder: str | Path) -> list[str]:
 
 def read_log(path: Path) -> dict[str, dict]:
     """Photos already predicted (a truncated last line from a crash is ignored)."""
-    done = {}
-    if path.exists():
-        with open(path) as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                done[rec["image"]] = rec
-    return done
+    return read_jsonl_by(path, "image")
 
 
 def predict_folder(

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.errors import ConfigError, InputImageError
-from core.fileio import sha256_bytes
+from core.fileio import read_jsonl_by, sha256_bytes
 from index.identify import Identifier, PreparedPhoto
 from index.ranking import NEW_WHALE
 
@@ -101,16 +101,7 @@ def cache_key(image: str, model_version: str, mode: str) -> str:
 
 def read_cache(path: Path) -> dict[str, dict]:
     """Records already computed, by :func:`cache_key` (a truncated last line is ignored)."""
-    done: dict[str, dict] = {}
-    if path.exists():
-        with open(path) as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                done[rec["key"]] = rec
-    return done
+    return read_jsonl_by(path, "key")
 
 
 def prepare_with_box(identifier: Identifier, data: bytes, box) -> PreparedPhoto:
