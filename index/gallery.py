@@ -189,7 +189,11 @@ class Gallery(CatalogueOps):
 
         Reads the store in one transaction, builds the new index aside, then swaps it in under the
         exclusive lock, so searches running meanwhile see the old or the new gallery, never a mix.
+        A store with a change log (PostgreSQL) is caught up instead: only the identities changed
+        since the generation the index reflects are re-read (:meth:`_catch_up`).
         """
+        if self._catch_up():
+            return
         generation, names, image_ids, idents, embs = self.store.snapshot()
         image_owner = dict(zip(image_ids.tolist(), idents.tolist(), strict=True))
         images_of: dict[int, set[int]] = defaultdict(set)
@@ -220,6 +224,45 @@ class Gallery(CatalogueOps):
         with self._rw.write():
             self._names, self._image_owner, self._images_of = names, image_owner, images_of
             self._vectors, self._generation = vectors, generation
+
+    def _catch_up(self) -> bool:
+        """Re-read only the identities the store's change log names since this index's generation.
+
+        Returns:
+            False when the store keeps no change log (SQLite), the index reflects no known
+            generation, or the log no longer reaches back that far: the caller rebuilds.
+        """
+        changes_since = getattr(self.store, "changes_since", None)
+        if changes_since is None or self._generation < 0:
+            return False
+        delta = changes_since(self._generation)
+        if delta is None:
+            return False
+        generation, changed = delta
+        names = self.store.identity_names() if changed else {}
+        # every identity's losses before any gain: a photo moved between two of them (merge, move) is
+        # removed from its old identity before it is added to its new one, never after
+        current = {ident: self.store.image_ids_of(ident) for ident in changed}
+        with self._rw.write():
+            for ident in changed:
+                old = self._images_of.get(ident, set())
+                gone = old - current[ident]
+                if not gone:
+                    continue
+                for image_id in gone:
+                    if self._image_owner.get(image_id) == ident:
+                        self._image_owner.pop(image_id)
+                if self.scoring == "image_max":
+                    self._vectors.remove(sorted(gone))
+                self._images_of[ident] = old & current[ident]
+        for ident in sorted(changed):
+            self._resync(ident)  # a deleted identity leaves the index and the names
+            if ident in names:  # one that stays (even without photos, as a rebuild keeps it) is named
+                with self._rw.write():
+                    self._names[ident] = names[ident]
+        self._generation = generation
+        log.debug("gallery caught up to generation %d: %d identities re-read", generation, len(changed))
+        return True
 
     def refresh(self, force: bool = False) -> bool:
         """Pick up changes another process (e.g. ``whaleid build-gallery``) committed to the store.
@@ -252,8 +295,9 @@ class Gallery(CatalogueOps):
         if change[0] == self._generation:
             self._generation = change[1]
             return True
-        self._generation = -1
-        return False
+        if getattr(self.store, "changes_since", None) is None:
+            self._generation = -1  # unknown: the caller rebuilds
+        return False  # else the caller catches up from the change log, from the generation kept
 
     def save(self) -> Path:
         """Snapshot the FAISS index beside the store (atomic), tagged with the store generation it

@@ -30,7 +30,9 @@ Concurrency rules, enforced by the database:
 Durability: ``synchronous_commit`` stays ``on`` (the server's WAL is flushed before ``COMMIT``
 returns); ``durable=False`` turns it off for this store's sessions.
 
-Change feed: a committed change sends ``NOTIFY whaleid_gallery, '<generation>'``.
+Change feed: a committed change sends ``NOTIFY whaleid_gallery, '<generation>'``, and triggers
+record the identities it touched in ``changed_identities`` (:meth:`PostgresGalleryStore.changes_since`),
+so a replica re-reads only those.
 :meth:`PostgresGalleryStore.subscribe` starts one listener thread per store that calls back on
 each notification, and once after every (re)connection, since notifications sent while it was
 disconnected are lost. A missed notification is also caught by the generation check before each
@@ -59,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: the LISTEN/NOTIFY channel of gallery changes (payload: the new generation)
 CHANNEL = "whaleid_gallery"
+#: generations the change log (``changed_identities``) keeps; a replica further behind rebuilds
+CHANGE_LOG_KEEP = 100_000
 
 
 class _Retry(Exception):
@@ -181,6 +185,10 @@ class PostgresGalleryStore(PostgresCatalogue, PostgresReads):
                 if changed:
                     conn.execute("UPDATE generation SET value = value + 1")
                     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(gen + 1)))
+                    if (gen + 1) % 1000 == 0:
+                        conn.execute(
+                            "DELETE FROM changed_identities WHERE generation <= %s", (gen + 1 - CHANGE_LOG_KEEP,)
+                        )
         except psycopg.Error as exc:
             if not started and conn.broken:
                 raise _Retry() from exc
@@ -374,6 +382,31 @@ class PostgresGalleryStore(PostgresCatalogue, PostgresReads):
             return (ident, sha, not left), True
 
         return self._write(remove)
+
+    def changes_since(self, generation: int) -> tuple[int, set[int]] | None:
+        """The identities changed after ``generation``, from the change log, in one consistent read.
+
+        Returns:
+            ``(current generation, identity ids changed in between)`` (deleted ones included), or None
+            when the log no longer reaches back to ``generation`` (the caller rebuilds from the store).
+        """
+
+        def read(c):
+            with c.transaction():
+                c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                current = int(c.execute("SELECT value FROM generation").fetchone()[0])
+                if generation >= current:
+                    return current, set()
+                oldest = c.execute("SELECT min(generation) FROM changed_identities").fetchone()[0]
+                if generation < 0 or oldest is None or oldest > generation + 1:
+                    return None
+                rows = c.execute(
+                    "SELECT DISTINCT identity_id FROM changed_identities WHERE generation > %s AND generation <= %s",
+                    (generation, current),
+                ).fetchall()
+                return current, {int(r[0]) for r in rows}
+
+        return self._read(read)
 
     # -- change feed -------------------------------------------------------------------------
 

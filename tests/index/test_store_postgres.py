@@ -222,3 +222,56 @@ def _wait(cond, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout_s} s")
         time.sleep(0.01)
+
+
+def _index_state(gallery):
+    """What a gallery's in-memory index holds: names, photo owners, and each FAISS vector."""
+    vecs = {int(i): np.round(gallery._vectors.vector(int(i)), 6).tolist() for i in gallery._vectors.ids}
+    return gallery._generation, dict(gallery._names), dict(gallery._image_owner), vecs
+
+
+@pytest.mark.parametrize("scoring", ["centroid", "image_max"])
+def test_a_replica_catches_up_from_the_change_log_without_a_rebuild(url, tmp_path, caplog, scoring):
+    import logging
+
+    from index.gallery import Gallery
+
+    a = Gallery(tmp_path / "a", DIM, embedding_scoring=scoring, store_url=url)
+    b = Gallery(tmp_path / "b", DIM, embedding_scoring=scoring, store_url=url)
+    for g in (a, b):
+        g.store._callbacks.clear()  # this test drives b's catch-up itself (no listener wake-ups)
+    a.add("W1", [img("a", E[0]), img("b", E[1])], flipped=[img("a", E[3])])
+    a.add("W2", [img("c", E[2])])
+    a.add("W3", [img("d", E[1] + E[2])])
+    b.refresh(force=True)  # b in step; then photos move between identities b already holds
+    a.rename("W2", "W2b")
+    a.merge("W3", "W1")
+    moved = a.store.images_of("W1")[0].image_id
+    a.move("W1", [moved], "W4")
+    a.update_metadata("W4", moved, {"location": "Azores"})
+    a.remove_identity("W2b")
+    with caplog.at_level(logging.DEBUG, logger="index.gallery"):
+        assert b.refresh(force=True)
+    assert any("caught up to generation" in r.message for r in caplog.records)  # no full rebuild
+    fresh = Gallery(tmp_path / "c", DIM, embedding_scoring=scoring, store_url=url)  # built from scratch
+    assert _index_state(b) == _index_state(fresh)
+    # the replica that made the changes holds the same vectors (it names no emptied mirror identity)
+    assert _index_state(a)[2:] == _index_state(fresh)[2:]
+    assert sorted(name for name, _ in b._names.values()) == ["W1", "W1:flipped", "W4", "W4:flipped"]
+    for g in (a, b, fresh):
+        g.close()
+
+
+def test_the_change_log_says_when_it_no_longer_reaches_back(open_, url):
+    import psycopg
+
+    store = open_()
+    first = store.add_images("W1", [img("a")])
+    g1 = store.generation
+    second = store.add_images("W2", [img("b")])
+    store.add_images("W1", [img("c")])
+    assert store.changes_since(g1) == (g1 + 2, {first.identity_id, second.identity_id})
+    assert store.changes_since(store.generation) == (store.generation, set())
+    with psycopg.connect(url) as conn:  # what pruning does to old generations
+        conn.execute("DELETE FROM changed_identities WHERE generation <= %s", (g1 + 1,))
+    assert store.changes_since(g1) is None and store.changes_since(g1 + 1) == (g1 + 2, {first.identity_id})
