@@ -593,6 +593,8 @@ async function postPhoto(photo, whaleId) {
 
 function assign(photo, whaleId) {
   return write(photo, "assign", whaleId, async () => {
+    const gone = goneIds.get(whaleId);
+    if (gone) throw new ApiError(409, `${whaleId} ${gone} after this photo was identified: identify it again (i) to rank it against the gallery as it is now`, "stale");
     const r = await postPhoto(photo, whaleId);
     photo.decision = { kind: "assign", whale_id: r.whale_id, image_ids: r.image_ids, duplicates: r.duplicates };
     photo.state = "assigned";
@@ -619,6 +621,7 @@ function enrolNew(photo) {
       if (exists) throw new ApiError(409, `whale ${typed} already exists: use "This is ${typed}" to add the photo to it, or type another id`, "exists");
     }
     const r = await postPhoto(photo, typed || null);
+    idBack(r.whale_id);
     photo.decision = { kind: "enrol", whale_id: r.whale_id, image_ids: r.image_ids, duplicates: r.duplicates };
     photo.state = "enrolled";
     setMessage(photo, `Enrolled as new whale ${r.whale_id} (photo #${r.image_ids.join(", #")}). The gallery has ${r.gallery_size} whales.`);
@@ -739,6 +742,21 @@ const hasUnfinishedWork = () => photos.some((p) => !p.decision);
 // ---------------------------------------------------------------------------------------------
 // Gallery view.
 
+/**
+ * Whale ids this page renamed, merged away or emptied, and how ("was renamed to X"): a card identified
+ * before still lists them, and "This is X" must not re-create a whale under its old id (POST /gallery
+ * creates an unknown id).
+ */
+const goneIds = new Map();
+
+function idGone(whaleId, how) {
+  goneIds.set(whaleId, how);
+}
+
+function idBack(whaleId) {
+  goneIds.delete(whaleId);
+}
+
 // current: the whale open in the detail panel; images: its photos as last listed (GET /gallery/{id})
 const gallery = { offset: 0, total: 0, q: "", current: null, images: [], stale: true };
 
@@ -853,12 +871,12 @@ function formDialog({ title, intro = "", fields, okLabel, run }) {
     const id = `form-${f.name}`;
     const attrs = { id, name: f.name, maxlength: f.maxlength, placeholder: f.placeholder, "aria-describedby": f.hint ? `${id}-hint` : null };
     const input = f.textarea
-      ? h("textarea", { ...attrs, rows: "3" })
+      ? h("textarea", { ...attrs, rows: "2" })
       : h("input", { ...attrs, type: "text", autocomplete: "off", spellcheck: "false", list: f.list, inputmode: f.inputmode });
     input.value = f.value ?? "";
     inputs[f.name] = input;
     if (f.list) input.addEventListener("input", () => suggestWhales(input.value));
-    return h("div", { class: "field" }, h("label", { for: id }, f.label), input,
+    return h("div", { class: f.half ? "field half" : "field" }, h("label", { for: id }, f.label), input,
       f.hint ? h("p", { class: "hint muted", id: `${id}-hint` }, f.hint) : null);
   }));
   return new Promise((resolve) => {
@@ -878,9 +896,13 @@ function formDialog({ title, intro = "", fields, okLabel, run }) {
           dialog.close("ok");
         }
       } catch (err) {
-        error.textContent = `Error: ${err.detail ?? err.message}`;
+        const detail = String(err.detail ?? err.message);
+        error.textContent = `Error: ${detail}`;
         error.hidden = false;
-        Object.values(inputs)[0]?.focus();
+        // back to the field the message names (e.g. "latitude: ..."), else the first
+        const named = Object.keys(inputs).find((k) => new RegExp(`\\b${k}\\b`).test(detail));
+        (inputs[named] || Object.values(inputs)[0])?.focus();
+        error.scrollIntoView({ block: "nearest" });
       } finally {
         busy = false;
         ok.disabled = false;
@@ -951,7 +973,10 @@ async function renameWhale() {
       return api("PATCH", `gallery/${enc(from)}`, { json: { whale_id }, write: true });
     },
   });
-  if (r) await afterChange(`Renamed ${from} to ${r.whale_id}.`, r.whale_id);
+  if (!r) return;
+  idGone(from, `was renamed to ${r.whale_id}`);
+  idBack(r.whale_id);
+  await afterChange(`Renamed ${from} to ${r.whale_id}.`, r.whale_id);
 }
 
 async function mergeWhale() {
@@ -984,6 +1009,7 @@ async function mergeWhale() {
     },
   });
   if (!r) return;
+  idGone(from, `was merged into ${r.whale_id}`);
   const moved = r.moved_image_ids.length;
   const dropped = r.dropped_duplicates.length;
   await afterChange(`Merged ${from} into ${r.whale_id}: ${photoCount(moved)} moved` +
@@ -1009,19 +1035,21 @@ async function movePhotos(from, imageIds) {
     },
   });
   if (!r) return;
+  idBack(r.whale_id);
+  if (r.source_deleted) idGone(from, `lost its last photo to ${r.whale_id} and was removed`);
   await afterChange(`Moved ${which} to ${r.created ? "the new whale " : ""}${r.whale_id}` +
     (r.source_deleted ? `; ${from} had no photos left and was removed.` : "."), r.source_deleted ? r.whale_id : from);
 }
 
 const META_FIELDS = [
   { name: "taken_at", label: "Date taken", maxlength: "40", placeholder: "2019-07-14 or 2019-07-14T09:31:05-04:00",
-    hint: "ISO 8601: a date, or a date and time with its UTC offset when known (without one: the camera's clock)." },
+    hint: "ISO 8601, with the UTC offset when known (without: the camera's clock)." },
   { name: "location", label: "Place name", maxlength: "200", placeholder: "e.g. Hervey Bay",
-    hint: "Scoped searches match it exactly (case aside)." },
-  { name: "latitude", label: "Latitude", inputmode: "decimal", placeholder: "-25.2800", hint: "Decimal degrees, -90 to 90 (south negative)." },
-  { name: "longitude", label: "Longitude", inputmode: "decimal", placeholder: "152.8700", hint: "Decimal degrees, -180 to 180 (west negative)." },
-  { name: "encounter_id", label: "Encounter id", maxlength: "100" },
-  { name: "photographer", label: "Photographer", maxlength: "200" },
+    hint: "A scoped search matches it exactly (case aside)." },
+  { name: "latitude", label: "Latitude", inputmode: "decimal", placeholder: "-25.28", hint: "Degrees, south negative.", half: true },
+  { name: "longitude", label: "Longitude", inputmode: "decimal", placeholder: "152.87", hint: "Degrees, west negative.", half: true },
+  { name: "encounter_id", label: "Encounter id", maxlength: "100", half: true },
+  { name: "photographer", label: "Photographer", maxlength: "200", half: true },
   { name: "notes", label: "Notes", maxlength: "2000", textarea: true },
 ];
 
@@ -1072,6 +1100,7 @@ async function deletePhoto(whaleId, imageId) {
     const r = await api("DELETE", `gallery/${enc(whaleId)}/images/${enc(imageId)}`, { write: true });
     galleryChanged();
     if (r.identity_deleted) {
+      idGone(whaleId, "was deleted");
       galleryStatus(`Photo #${imageId} deleted; ${whaleId} had no photos left and was removed from the gallery.`);
       closeWhale();
     } else {
@@ -1089,7 +1118,8 @@ async function deleteWhale() {
   const whaleId = gallery.current;
   if (!whaleId || !(await confirmDialog(`Delete ${whaleId} and all its photos from the gallery? This cannot be undone.`, "Delete whale"))) return;
   try {
-    const r = await api("DELETE", `gallery/${enc(whaleId)}`, { write: true });
+    await api("DELETE", `gallery/${enc(whaleId)}`, { write: true });
+    idGone(whaleId, "was deleted");
     galleryChanged();
     galleryStatus(`${whaleId} deleted with all its photos.`);
     closeWhale();

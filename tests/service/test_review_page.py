@@ -292,3 +292,171 @@ def test_api_key_is_asked_once_and_kept_for_the_session(real_bundle, gallery_cop
         assert len(httpx.get(f"{srv.url}/gallery/{new_id}", timeout=30).json()["images"]) == 1
     finally:
         srv.stop()
+
+
+def _with_exif(src: Path, dst: Path) -> Path:
+    """``src`` re-saved as a JPEG whose EXIF says when (local time with its offset) and where (GPS)."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = "2019:07:14 09:31:05"  # DateTimeOriginal
+    exif.get_ifd(0x8769)[0x9011] = "-04:00"  # OffsetTimeOriginal
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2], gps[3], gps[4] = "S", (25.0, 16.0, 48.0), "E", (152.0, 52.0, 12.0)  # 25.28 S, 152.87 E
+    with Image.open(src) as im:
+        im.convert("RGB").save(dst, "JPEG", exif=exif, quality=92)
+    return dst
+
+
+def _images(url: str, whale_id: str) -> dict[int, dict]:
+    r = httpx.get(f"{url}/gallery/{whale_id}", timeout=30)
+    assert r.status_code == 200, r.text
+    return {im["image_id"]: im["metadata"] for im in r.json()["images"]}
+
+
+def test_catalogue_actions_and_photo_dates_places(server, real_subset, browser, tmp_path):
+    """The whale view's catalogue actions in a real browser, each checked through the API afterwards: a photo's
+    date and place shown, edited; a rename (first to a taken id: the API's 409 is shown and nothing changes);
+    a photo moved to a new whale (a split); that whale merged into another (confirmed). On the review side:
+    the query photo's date and place from its EXIF, a scope typed on the page sent as scope_* with its
+    whales_in_scope shown, and only calibrated scoring modes offered."""
+    from playwright.sync_api import expect
+
+    url = server.url
+    images = real_subset["images"]
+    (w1, (p1, p2)), (w2, (p3, _)) = list(real_subset["spare"].items())[:2]
+    a, b, c = "ZZ-cat-a", "ZZ-cat-b", "ZZ-cat-c"
+    place = {"taken_at": "2019-07-14T09:31:05-04:00", "location": "Hervey Bay", "latitude": "-25.28"}
+    r = httpx.post(
+        url + "/gallery",
+        files={"files": (p1, (images / p1).read_bytes())},
+        data={"whale_id": a, **place, "longitude": "152.87"},
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    first = r.json()["image_ids"][0]
+    second = _post(url, images / p2, a).json()["image_ids"][0]
+    assert _post(url, images / p3, b).status_code == 201
+    ready = httpx.get(url + "/ready", timeout=30).json()
+
+    ui = Page(browser, url, [SHOTS, tmp_path / "screenshots"])
+    page = ui.page
+    # /ready as from a bundle with a mode that has no threshold: the page must not offer that mode
+    fake = {**ready, "scoring_modes": ["embedding", "local"], "thresholds": {"embedding": 0.5}}
+    fake.pop("calibrated_modes", None)
+    page.route(url + "/ready", lambda route: route.fulfill(json=fake))
+    page.goto(url + "/")
+    expect(page.locator("#server-info")).to_contain_text("42 whales")
+    options = page.locator("#scoring option").evaluate_all("els => els.map(e => e.value)")
+    assert options == ["", "embedding"], options
+    page.unroute(url + "/ready")
+
+    # review: a photo of whale a with EXIF date and GPS, searched only among whales seen at Hervey Bay
+    page.click("#scope summary")
+    page.fill("#scope-location", "hervey bay")
+    expect(page.locator("#scope-summary")).to_contain_text("hervey bay")
+    page.set_input_files("#files", str(_with_exif(images / p2, tmp_path / "exif.jpg")))
+    card = page.locator(".photo-card").nth(0)
+    _wait_identified(card)
+    expect(card.locator(".meta-when")).to_have_text("Taken 2019-07-14 09:31 UTC-04:00")
+    expect(card.locator(".meta-where")).to_have_text("at -25.2800, 152.8700")
+    expect(card.locator(".scope-info")).to_contain_text("place “hervey bay”: 1 whale in scope")
+    assert a in _candidate_ids(card) and set(_candidate_ids(card)) <= {a, "new_whale"}, _candidate_ids(card)
+    card.scroll_into_view_if_needed()
+    ui.shot("review-scope-1280x800.png")
+
+    # the whale view: each photo's date and place
+    page.click("#tab-gallery")
+    page.fill("#gallery-q", "ZZ-cat")
+    page.press("#gallery-q", "Enter")
+    expect(page.locator(".whale-btn")).to_have_count(2)
+    page.locator(f'.whale-btn[data-whale="{a}"]').click()
+    photo1 = page.locator(f'#whale-photos li[data-image="{first}"]')
+    photo2 = page.locator(f'#whale-photos li[data-image="{second}"]')
+    expect(photo1.locator(".meta-when")).to_have_text("taken 2019-07-14 09:31 UTC-04:00")
+    expect(photo1.locator(".meta-where")).to_have_text("at Hervey Bay · -25.2800, 152.8700")
+    expect(photo2.locator(".meta-when")).to_have_text("date unknown")
+    expect(photo2.locator(".meta-where")).to_have_text("place unknown")
+
+    # edit photo 2's date and place (from the keyboard: d on the photo); a bad latitude is refused first
+    photo2.locator("button.edit").focus()
+    page.keyboard.press("d")
+    expect(page.locator("#form-dialog")).to_be_visible()
+    page.fill("#form-taken_at", "2020-08-01")
+    page.fill("#form-location", "Byron Bay")
+    page.fill("#form-latitude", "-128.6")
+    page.fill("#form-longitude", "153.6")
+    page.press("#form-latitude", "Enter")
+    expect(page.locator("#form-error")).to_contain_text("latitude: Input should be greater than or equal to -90")
+    expect(page.locator("#form-dialog")).to_be_visible()
+    expect(page.locator("#form-latitude")).to_be_focused()  # back to the field the message names
+    ui.shot("edit-photo-dialog-1280x800.png")
+    page.fill("#form-latitude", "-28.6")
+    page.click("#form-ok")
+    expect(page.locator("#form-dialog")).to_be_hidden()
+    expect(photo2.locator(".meta-where")).to_have_text("at Byron Bay · -28.6000, 153.6000")
+    expect(photo2.locator(".meta-when")).to_have_text("taken 2020-08-01")
+    edited = {"taken_at": "2020-08-01", "location": "Byron Bay", "latitude": -28.6, "longitude": 153.6}
+    assert _images(url, a)[second] == {**dict.fromkeys(_images(url, a)[second]), **edited}
+
+    # rename: to a taken id first (the API's 409 stays in the dialog, nothing changes), then to a free one
+    page.click("#rename-whale")
+    expect(page.locator("#form-whale_id")).to_have_value(a)
+    page.fill("#form-whale_id", b)
+    page.press("#form-whale_id", "Enter")
+    expect(page.locator("#form-error")).to_contain_text(f"whale_id '{b}' is taken")
+    assert httpx.get(f"{url}/gallery/{a}", timeout=30).status_code == 200
+    page.fill("#form-whale_id", "ZZ-cat-renamed")
+    page.press("#form-whale_id", "Enter")
+    expect(page.locator("#gallery-status")).to_contain_text(f"Renamed {a} to ZZ-cat-renamed")
+    expect(page.locator("#whale-h")).to_contain_text("ZZ-cat-renamed · 2 photos")
+    expect(page.locator(f'.whale-btn[data-whale="{a}"]')).to_have_count(0)
+    assert httpx.get(f"{url}/gallery/{a}", timeout=30).status_code == 404
+    a = "ZZ-cat-renamed"
+    assert set(_images(url, a)) == {first, second}
+
+    # move photo 2 to a new id: a split
+    photo2.locator("button.move").click()
+    page.fill("#form-to", c)
+    page.click("#form-ok")
+    expect(page.locator("#gallery-status")).to_contain_text(f"Moved photo #{second} to the new whale {c}")
+    expect(page.locator("#whale-h")).to_contain_text(f"{a} · 1 photo")
+    expect(page.locator(f'.whale-btn[data-whale="{c}"]')).to_contain_text("1 photo")
+    assert set(_images(url, a)) == {first}
+    assert set(_images(url, c)) == {second}
+
+    # merge c into b (from the keyboard: m), after the confirmation
+    page.locator(f'.whale-btn[data-whale="{c}"]').click()
+    expect(page.locator("#whale-h")).to_contain_text(c)
+    page.locator("#whale-h").focus()
+    page.keyboard.press("m")
+    page.fill("#form-into", b)
+    page.press("#form-into", "Enter")
+    expect(page.locator("#confirm-msg")).to_contain_text(f"Merge {c} (1 photo) into {b} (1 photo)?")
+    ui.shot("merge-confirm-1280x800.png")
+    page.click("#confirm-ok")
+    expect(page.locator("#form-dialog")).to_be_hidden()
+    expect(page.locator("#gallery-status")).to_contain_text(f"Merged {c} into {b}: 1 photo moved")
+    expect(page.locator("#whale-h")).to_contain_text(f"{b} · 2 photos")
+    expect(page.locator(f'.whale-btn[data-whale="{c}"]')).to_have_count(0)
+    expect(page.locator(f'#whale-photos li[data-image="{second}"] .meta-where')).to_contain_text("Byron Bay")
+    page.wait_for_function("() => [...document.querySelectorAll('#whale-photos img')].every(i => i.complete)")
+    ui.shot("whale-catalogue-1280x800.png")
+    page.set_viewport_size(PHONE)
+    ui.shot("whale-catalogue-390x844.png")
+    page.set_viewport_size(DESKTOP)
+
+    # the review card identified before the rename still lists the old id: "This is" it must not re-create it
+    page.click("#tab-review")
+    card.locator('.cand[data-whale="ZZ-cat-a"] button.assign').click()
+    expect(card).to_have_attribute("data-state", "error")
+    expect(card.locator(".status")).to_contain_text("ZZ-cat-a was renamed to ZZ-cat-renamed after this photo")
+    ui.close()
+
+    assert httpx.get(f"{url}/gallery/{c}", timeout=30).status_code == 404
+    assert httpx.get(f"{url}/gallery/ZZ-cat-a", timeout=30).status_code == 404
+    merged = _images(url, b)
+    assert len(merged) == 2 and merged[second]["location"] == "Byron Bay", merged
+    assert httpx.get(url + "/ready", timeout=30).json()["gallery_size"] == 42
+    done = [e["operation"] for e in httpx.get(url + "/audit", timeout=30).json()["entries"]]
+    assert done[:4] == ["merge", "move_photos", "rename", "edit_metadata"], done
