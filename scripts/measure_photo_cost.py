@@ -19,12 +19,23 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "flukes" / "playground2018"
 
 
 def store_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("gallery.sqlite*"))
+
+
+def photo_rows(folder: Path) -> dict[str, tuple[bytes, bytes | None]]:
+    """``sha256 -> (embedding, local features)`` of every photo of a gallery folder's store."""
+    db = sqlite3.connect(folder / "gallery.sqlite")
+    try:
+        return {r[0]: r[1:] for r in db.execute("SELECT sha256, embedding, local_features FROM images")}
+    finally:
+        db.close()
 
 
 def main() -> None:
@@ -75,6 +86,13 @@ def main() -> None:
     t0 = time.perf_counter()
     reindex(folder, new, progress=False)
     reindex_s = time.perf_counter() - t0
+    # the same model: reindex must reproduce build-gallery's embeddings and local features
+    before, after = photo_rows(folder), photo_rows(new / "gallery")
+    diff = max(
+        float(np.abs(np.frombuffer(before[k][0], np.float32) - np.frombuffer(after[k][0], np.float32)).max())
+        for k in before
+    )
+    same_features = sum(before[k][1] == after[k][1] for k in before)
     bare = tmp / "bare"
     bare.mkdir()
     shutil.copy(folder / "gallery.sqlite", bare / "gallery.sqlite")
@@ -97,6 +115,9 @@ def main() -> None:
                 "build_s": round(build_s, 1),
                 "export_s": round(export_s, 1),
                 "reindex_s": round(reindex_s, 1),
+                "reindex_same_photos": sorted(before) == sorted(after),
+                "reindex_max_embedding_diff": diff,
+                "reindex_identical_local_features": same_features,
             },
             indent=1,
         )
