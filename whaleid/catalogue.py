@@ -361,21 +361,6 @@ def import_catalogue(
     }
 
 
-def _stored_dim(store_file: Path) -> int:
-    """The embedding dimension an SQLite gallery store records (read-only; no bundle needed)."""
-    import sqlite3
-    from contextlib import closing
-
-    try:
-        with closing(sqlite3.connect(f"file:{store_file}?mode=ro", uri=True)) as db:
-            row = db.execute("SELECT value FROM meta WHERE key='dim'").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise CorruptArtifactError(store_file, f"not a readable gallery store ({exc})") from None
-    if row is None:
-        raise CorruptArtifactError(store_file, "the store records no embedding dimension")
-    return int(row[0])
-
-
 def reindex(
     old_gallery: str | Path,
     bundle: str | Path,
@@ -404,14 +389,14 @@ def reindex(
     from core.manifest import load_manifest
     from index.bundle import gallery_folder, is_bundle, open_bundle
     from index.gallery import STORE_FILE
-    from index.store import open_store
+    from index.store import open_store, recorded_dim
 
     old = Path(old_gallery)
     if is_bundle(old):
         manifest = load_manifest(old)
         old, dim = gallery_folder(old_gallery, manifest), manifest.model.embedding_dim
     elif (old / STORE_FILE).is_file():
-        dim = _stored_dim(old / STORE_FILE)
+        dim = recorded_dim(old / STORE_FILE)
     else:
         raise ConfigError(f"{old_gallery} holds no gallery store ({STORE_FILE}) and is not a bundle folder")
     if not (old / STORE_FILE).is_file():

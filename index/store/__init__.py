@@ -27,7 +27,7 @@ from index.store.base import (
     validate_whale_id,
     whale_id_pattern,
 )
-from index.store.sqlite import SCHEMA_VERSION, SQLiteGalleryStore
+from index.store.sqlite import SCHEMA_VERSION, SQLiteGalleryStore, recorded_dim
 from index.store.sqlite_errors import storage_error
 
 
@@ -95,6 +95,7 @@ __all__ = [
     "is_database_url",
     "is_flipped",
     "open_store",
+    "recorded_dim",
     "postgres_module",
     "storage_error",
     "validate_whale_id",

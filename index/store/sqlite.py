@@ -423,3 +423,22 @@ class SQLiteGalleryStore(SQLiteCatalogue, SQLiteReads):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def recorded_dim(path: str | Path) -> int:
+    """The embedding dimension an SQLite gallery store records, read without opening it for writing (no
+    bundle needed: ``whaleid reindex`` learns the old model's dimension from its store).
+
+    Raises:
+        CorruptArtifactError: not a readable gallery store, or one that records no dimension.
+    """
+    from contextlib import closing
+
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT value FROM meta WHERE key='dim'").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise CorruptArtifactError(path, f"not a readable gallery store ({exc})") from None
+    if row is None:
+        raise CorruptArtifactError(path, "the store records no embedding dimension")
+    return int(row[0])
