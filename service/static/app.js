@@ -10,7 +10,11 @@
  * gallery photo -> "this is whale X" / "new whale" / "skip" (POST /gallery); "undo" deletes the photo
  * the decision added. Never lose work: a card keeps its state until the user removes it, a failed
  * action keeps the API's message and can be retried, and leaving the page with undecided photos asks
- * first. The API key (when the server has one) is asked for on the first 401 (again on a 403) and kept
+ * first. A search scope (place, dates, a radius) limits the identifications to whales seen there, and each
+ * card shows the photo's date and place as the service read them. The gallery view lists whales and fixes
+ * the catalogue: rename, merge into another whale (confirmed), move photos to a known or new whale (a
+ * split), edit a photo's date and place; the form stays open on an error with the API's message.
+ * The API key (when the server has one) is asked for on the first 401 (again on a 403) and kept
  * in sessionStorage only, so it goes when the tab closes. API paths are relative to the page, so the
  * page also works behind a reverse proxy that serves the service under a path prefix.
  */
@@ -271,9 +275,10 @@ function showScopeSummary() {
     location: p.scope_location,
     date_from: p.scope_from,
     date_to: p.scope_to,
-    near: p.scope_near ? p.scope_near.split(",") : undefined,
+    near: p.scope_near?.split(",").length === 3 ? p.scope_near.split(",") : undefined,
   });
-  $("#scope-summary").textContent = text ? `(${text}; identify again to apply it to earlier photos)` : "(whole gallery)";
+  const later = photos.length ? "; identify again (i) to apply it to photos already identified" : "";
+  $("#scope-summary").textContent = text ? `(${text}${later})` : "(whole gallery)";
 }
 
 // ---------------------------------------------------------------------------------------------
