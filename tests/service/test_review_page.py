@@ -317,7 +317,8 @@ def _images(url: str, whale_id: str) -> dict[int, dict]:
 def test_catalogue_actions_and_photo_dates_places(server, real_subset, browser, tmp_path):
     """The whale view's catalogue actions in a real browser, each checked through the API afterwards: a photo's
     date and place shown, edited; a rename (first to a taken id: the API's 409 is shown and nothing changes);
-    a photo moved to a new whale (a split); that whale merged into another (confirmed). On the review side:
+    a photo moved to a new whale (a split); that whale merged into another (confirmed); a ticked photo moved
+    to a known whale; a card identified before the rename refuses the old id. On the review side:
     the query photo's date and place from its EXIF, a scope typed on the page sent as scope_* with its
     whales_in_scope shown, and only calibrated scoring modes offered."""
     from playwright.sync_api import expect
@@ -445,6 +446,19 @@ def test_catalogue_actions_and_photo_dates_places(server, real_subset, browser, 
     page.set_viewport_size(PHONE)
     ui.shot("whale-catalogue-390x844.png")
     page.set_viewport_size(DESKTOP)
+    merged = _images(url, b)
+    assert len(merged) == 2 and merged[second]["location"] == "Byron Bay", merged
+
+    # tick a photo and move the selection to a known whale
+    page.locator(f'#whale-photos li[data-image="{second}"] input.pick').check()
+    expect(page.locator("#move-selected")).to_have_text("Move 1 selected…")
+    page.click("#move-selected")
+    page.fill("#form-to", a)
+    page.press("#form-to", "Enter")
+    expect(page.locator("#gallery-status")).to_contain_text(f"Moved photo #{second} to {a}.")
+    expect(page.locator("#whale-h")).to_contain_text(f"{b} · 1 photo")
+    expect(page.locator("#move-selected")).to_be_hidden()
+    assert set(_images(url, a)) == {first, second}
 
     # the review card identified before the rename still lists the old id: "This is" it must not re-create it
     page.click("#tab-review")
@@ -455,8 +469,7 @@ def test_catalogue_actions_and_photo_dates_places(server, real_subset, browser, 
 
     assert httpx.get(f"{url}/gallery/{c}", timeout=30).status_code == 404
     assert httpx.get(f"{url}/gallery/ZZ-cat-a", timeout=30).status_code == 404
-    merged = _images(url, b)
-    assert len(merged) == 2 and merged[second]["location"] == "Byron Bay", merged
+    assert len(_images(url, b)) == 1 and _images(url, a)[second]["location"] == "Byron Bay"
     assert httpx.get(url + "/ready", timeout=30).json()["gallery_size"] == 42
     done = [e["operation"] for e in httpx.get(url + "/audit", timeout=30).json()["entries"]]
-    assert done[:4] == ["merge", "move_photos", "rename", "edit_metadata"], done
+    assert done[:5] == ["move_photos", "merge", "move_photos", "rename", "edit_metadata"], done
