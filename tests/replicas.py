@@ -111,13 +111,15 @@ def run_load(
     whale_ids: int = 5,
     seed: int = 0,
     events: list[tuple[float, object]] | None = None,
+    after_events_s: float = 4.0,
 ) -> LoadResult:
     """Identify and enrol clients spread over the replicas (client ``i`` uses ``urls[i % len(urls)]``,
     read again before every request, so a restarted replica's new URL is picked up).
 
     Enrolling clients add a new photo each time to one of ``whale_ids`` shared whale ids (both
     clients race on the same whales). ``events``: ``(seconds after the start, callable)`` run in
-    order from the calling thread (kill a replica, restart the database...).
+    order from the calling thread (kill a replica, restart the database...); the load goes on at least
+    ``after_events_s`` after the last one returned (a slow restart still sees requests after it).
     """
     import httpx
 
@@ -169,6 +171,8 @@ def run_load(
     for at, action in sorted(events or [], key=lambda e: e[0]):
         time.sleep(max(0.0, at - (time.monotonic() - t0)))
         action()
+    if events:
+        duration_s = max(duration_s, time.monotonic() - t0 + after_events_s)
     time.sleep(max(0.0, duration_s - (time.monotonic() - t0)))
     stop.set()
     for t in threads:

@@ -10,9 +10,10 @@ the tiny torch-free bundle and synthetic photos (no ``../shared``).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
-from helpers import jpeg_bytes, texture, view
+from helpers import REPO, jpeg_bytes, texture, view
 
 pytest.importorskip("onnx")
 pytest.importorskip("httpx")
@@ -148,3 +149,54 @@ def test_a_database_restart_answers_503_then_succeeds(bundle, tmp_path):
             group.stop()
     finally:
         cluster.remove()
+
+
+@pytest.mark.slow
+def test_the_compose_nginx_config_spreads_requests_and_skips_a_dead_replica(replicas, tmp_path):
+    """``docker/nginx/replicas.conf`` (what ``docker compose --profile postgres`` runs) in front of the
+    two replicas, with only their addresses and the port changed: enrol and identify through it, then
+    through it again with one replica killed."""
+    import shutil
+    import subprocess
+
+    import httpx
+
+    from service.process import free_port
+
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
+    port = free_port()
+    conf = (REPO / "docker" / "nginx" / "replicas.conf").read_text()
+    for name, url in zip(("replica-a:8000", "replica-b:8000"), replicas.urls, strict=True):
+        conf = conf.replace(name, url.removeprefix("http://"))
+    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    (tmp_path / "site.conf").write_text(conf)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n access_log off;\n client_body_temp_path {tmp_path};\n include {tmp_path}/site.conf;\n}}\n"
+    )
+    proc = subprocess.Popen([nginx, "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=30) as c:
+            _until(lambda: _answers(c, base + "/ready"), 10)
+            enrolled, query = jpeg_bytes(view(texture(9), 1)), jpeg_bytes(view(texture(9), 2))
+            r = c.post(base + "/gallery", files=[("files", ("p.jpg", enrolled))], data={"whale_id": "W9"})
+            assert r.status_code == 201, r.text
+            time.sleep(0.5)  # the other replica's change feed
+            assert all("W9" in _names_answered(c, base, query) for _ in range(6))  # both replicas answer it
+            replicas.servers[0].kill9()
+            assert all("W9" in _names_answered(c, base, query) for _ in range(6))  # nginx skips the dead one
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _answers(client, url: str) -> bool:
+    import httpx
+
+    try:
+        return client.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False
