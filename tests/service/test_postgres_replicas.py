@@ -129,10 +129,14 @@ def test_a_database_restart_answers_503_then_succeeds(bundle, tmp_path):
         group = Replicas(tmp_path, bundle, cluster.create_database("restart")).start()
         try:
             outage: list[float] = []
+            answers = []
 
             def down():
+                import httpx
+
                 outage.append(time.monotonic())
                 cluster.stop()
+                answers.append(httpx.get(group.urls[1] + "/ready", timeout=30))
 
             def up():
                 cluster.start()
@@ -141,6 +145,9 @@ def test_a_database_restart_answers_503_then_succeeds(bundle, tmp_path):
             res = run_load(group.urls, 14, identify_clients=2, enrol_clients=2, events=[(4.0, down), (7.0, up)])
             print("database restart:", res.summary())
             assert res.statuses["enrol"][503] >= 1 and res.statuses["identify"][503] >= 1  # during the outage
+            ready = answers[0]  # what a health check sees meanwhile
+            assert ready.status_code == 503 and ready.headers["retry-after"] == "2"
+            assert ready.json()["code"] == "store_unavailable"
             t_up = outage[1] - outage[0] + 4.0
             after = [s for t, kind, s in res.timeline if kind == "enrol" and t > t_up + 1.0]
             assert after and set(after) == {201}, after  # the same replicas work again, without a restart
