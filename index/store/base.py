@@ -1,9 +1,11 @@
 """What a gallery store is: its records, the whale-id rules, and the :class:`GalleryStore` interface.
 
 Backends implement :class:`GalleryStore` (a :class:`typing.Protocol`): SQLite
-(:class:`index.store.sqlite.SQLiteGalleryStore`) is the first. :mod:`index.gallery` (the FAISS index
-kept in step with the store), :mod:`index.local` and :mod:`index.lnbnn` (local features), the
-identify pipeline and the service's routes use only the operations listed here.
+(:class:`index.store.sqlite.SQLiteGalleryStore`) is the first, PostgreSQL
+(:class:`index.store.postgres.PostgresGalleryStore`, shared by several service replicas) the second.
+:mod:`index.gallery` (the FAISS index kept in step with the store), :mod:`index.local` and
+:mod:`index.lnbnn` (local features), the identify pipeline and the service's routes use only the
+operations listed here.
 
 Guarantees every backend gives (the store test-suite, ``tests/index/test_store_contract.py``, checks
 them against each):
@@ -18,6 +20,15 @@ them against each):
   thumbnail URLs, and the descriptor index's ids).
 * **Concurrent readers**: reads go on while another connection or process writes; a change waits for
   another writer up to ``busy_timeout_s`` seconds, then raises :class:`~core.errors.StoreBusyError`.
+* **One order of changes**: changes from every handle, process or host are serialised; the generation
+  belongs to the store, not to a handle, so a change another process made in between shows as a jump
+  (:attr:`GalleryStore.last_change` ``(before, after)`` with ``before`` not the one last seen).
+
+Optional, for a store several processes share (the gallery uses them when present, and otherwise
+falls back to its generation check before a search and a rebuild): ``subscribe(callback)``, a wake-up
+``callback(generation or None)`` from another thread after any process's change (None: changes may
+have been missed); ``changes_since(generation) -> (generation now, identity ids changed) | None``, the
+identities to re-read instead of the whole store (None: the log does not reach back that far).
 """
 
 from __future__ import annotations
