@@ -156,6 +156,13 @@ class PostgresCatalogue:
                 conn.execute("DELETE FROM identities WHERE id = %s", (src,))
                 if mirror is not None:
                     conn.execute("DELETE FROM identities WHERE id = %s", (mirror,))  # its photos cascade
+            elif (
+                mirror is not None
+                and not conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM images WHERE identity_id = %s)", (mirror,)
+                ).fetchone()[0]
+            ):
+                conn.execute("DELETE FROM identities WHERE id = %s", (mirror,))  # a mirror left without photos
             audit(conn, "move_photos", actor, whale_id=whale_id, to=target, image_ids=ids, created=created)
             return MoveOutcome(src, dst, moved, created, source_deleted), True
 

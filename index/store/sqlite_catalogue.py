@@ -133,7 +133,8 @@ class SQLiteCatalogue:
             source_deleted = self._drop_if_empty(src)
             if source_deleted and mirror is not None:
                 self._db.execute("DELETE FROM images WHERE identity_id=?", (mirror[0],))
-                self._db.execute("DELETE FROM identities WHERE id=?", (mirror[0],))
+            if mirror is not None:
+                self._drop_if_empty(int(mirror[0]))  # a mirror left without photos goes too
             self._audit("move_photos", actor, whale_id=whale_id, to=target, image_ids=ids, created=created)
             self._bump()
         return MoveOutcome(src, dst, moved, created, source_deleted)

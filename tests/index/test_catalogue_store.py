@@ -88,3 +88,14 @@ def test_kill_9_during_merges_and_moves_leaves_before_or_after(tmp_path, delay_s
     assert ops.count("merge") - ops.count("move_photos") == (1 if not a else 0)  # each change audited once
     assert ops.count("merge") >= 1  # the worker got through at least one operation
     store.close()
+
+
+def test_a_mirror_emptied_by_a_move_is_deleted(tmp_path):
+    store = open_store(tmp_path / "g.sqlite", DIM)
+    store.add_image_groups([("A", [img("a1", 1), img("a2", 2)], False), (flipped_id("A"), [img("a1", 3)], True)])
+    a1 = next(r.image_id for r in store.images_of("A") if r.sha256 == "a1")
+    out = store.move_images("A", [a1], "B")
+    assert not out.source_deleted and [r.sha256 for r in store.images_of("A")] == ["a2"]
+    assert not store.has_identity(flipped_id("A"))  # its only mirror photo moved with a1
+    assert [r.sha256 for r in store.images_of(flipped_id("B"))] == ["a1"]
+    store.close()
