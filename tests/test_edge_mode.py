@@ -103,3 +103,45 @@ def test_compare_modes_reports_the_three_cue_mode_beside_fused(bundle):
     cmp = compare_modes(b, root / "photos", root / "queries.csv", progress=False)
     assert {"embedding", "local", "fused", "edge_fused"} <= set(cmp)
     assert cmp["edge_fused"]["top1_known"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_review_page_draws_both_edges(bundle, tmp_path):
+    """The review page asks for the edges in edge_fused mode, draws the query's on its photo and lays it over
+    each candidate's (a real Chromium against a real server)."""
+    import importlib.util
+    from pathlib import Path
+
+    from helpers import REPO
+
+    from service.process import ServeProcess
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists() or importlib.util.find_spec("playwright") is None:
+        pytest.skip("needs Debian's chromium and the playwright package (pip install -e '.[dev]')")
+    from playwright.sync_api import sync_playwright
+
+    b, root, _ = bundle
+    srv = ServeProcess(b, None, tmp_path / "server.log", {"WHALEID_BATCH_WAIT_MS": "5"}).start()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(chromium), args=["--headless=new", "--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(srv.url + "/")
+            page.wait_for_selector("#scoring option[value='edge_fused']", state="attached")
+            page.select_option("#scoring", "edge_fused")
+            page.set_input_files("#files", str(root / "photos" / "q_w2.jpg"))
+            page.wait_for_selector(".edge-on-photo polyline", timeout=60_000)
+            assert page.locator(".edge-overlay").count() >= 1
+            assert page.locator(".cand").first.get_attribute("data-whale") == "w2"
+            assert "trailing edge in blue" in page.locator("figure.query figcaption").first.inner_text()
+            shots = REPO / "artifacts" / "screenshots"
+            shots.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shots / "edge-fused-review.png"), full_page=True)
+            browser.close()
+        assert not errors, errors
+    finally:
+        srv.stop()

@@ -45,6 +45,35 @@ function h(tag, attrs = {}, ...children) {
 }
 
 const fmt = (x, digits = 3) => (typeof x === "number" ? x.toFixed(digits) : "–");
+const SVG = "http://www.w3.org/2000/svg";
+
+/** An SVG element: svg("polyline", {points: "0,0 1,1"}). */
+function svg(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  for (const c of children) el.append(c);
+  return el;
+}
+
+/** Edge points [[x, y], ...] (photo pixels, left tip first) turned so the tips lie on a line, scaled to a
+ * tip-to-tip distance of 100: two whales' edges can then be laid over each other. */
+function normalisedEdge(points) {
+  const [x0, y0] = points[0];
+  const [x1, y1] = points[points.length - 1];
+  const len = Math.hypot(x1 - x0, y1 - y0) || 1;
+  const c = (x1 - x0) / len, s = (y1 - y0) / len;
+  return points.map(([x, y]) => [((x - x0) * c + (y - y0) * s) * 100 / len, (-(x - x0) * s + (y - y0) * c) * 100 / len]);
+}
+
+/** A small drawing of the query's trailing edge (blue) over a candidate's (orange). */
+function edgeOverlay(query, candidate, label) {
+  const lines = [query, candidate].filter(Boolean).map(normalisedEdge);
+  const ys = lines.flat().map((p) => p[1]);
+  const top = Math.min(0, ...ys) - 2, bottom = Math.max(0, ...ys) + 2;
+  const draw = (pts, cls) => svg("polyline", { class: cls, points: pts.map((p) => p.map((v) => v.toFixed(1)).join(",")).join(" ") });
+  return svg("svg", { class: "edge-overlay", viewBox: `-2 ${top} 104 ${bottom - top}`, role: "img", "aria-label": label },
+    ...lines.map((pts, i) => draw(pts, i === 0 ? "edge-query" : "edge-cand")));
+}
 const enc = encodeURIComponent;
 const thumbUrl = (whaleId, imageId) => `gallery/${enc(whaleId)}/images/${enc(imageId)}`;
 
@@ -352,6 +381,7 @@ async function identify(photo) {
   const params = new URLSearchParams({ k: String(TOP_K) });
   const scoring = $("#scoring").value;
   if (scoring) params.set("scoring", scoring);
+  if (scoring === "edge_fused") params.set("explain", "true"); // the trailing edges, to draw them
   for (const [name, value] of Object.entries(scopeParams())) params.set(name, value);
   try {
     const result = await api("POST", `identify?${params}`, { body: fd });
@@ -459,10 +489,16 @@ function renderResult(photo) {
   });
   result.boxes.forEach((b, i) => refs.boxes.append(box(b, i === 0 ? "first" : "variant")));
   if (result.detected_box) refs.boxes.append(box(result.detected_box, "detected"));
+  const edge = result.trailing_edge;
+  if (edge && edge.found && edge.points) {
+    refs.boxes.append(svg("svg", { class: "edge-on-photo", viewBox: `0 0 ${w} ${hgt}`, preserveAspectRatio: "none" },
+      svg("polyline", { class: "edge-query", points: edge.points.map((p) => p.join(",")).join(" ") })));
+  }
   refs.caption.textContent =
     `${w}×${hgt} px${result.exif_rotated ? " (turned upright from EXIF)" : ""} · ${result.boxes.length} boxes embedded ` +
     `(first solid, variants dashed${result.detected_box ? ", detector box orange" : ""}) · ${result.scoring} scoring, ` +
-    `new_whale below ${fmt(result.threshold, 2)}`;
+    `new_whale below ${fmt(result.threshold, 2)}` +
+    (!edge ? "" : edge.found ? " · trailing edge in blue" : ` · no trailing edge read (${edge.reason}): scored without it`);
 
   // when and where: the form fields sent, completed by the photo's EXIF (none sent by this page: EXIF only)
   const meta = result.photo_metadata || {};
@@ -499,6 +535,7 @@ function renderResult(photo) {
     if (typeof ev.inliers === "number") facts.push(["inliers", String(ev.inliers)]);
     if (typeof ev.local_score === "number") facts.push(["local", fmt(ev.local_score)]);
     if (typeof ev.fused_score === "number") facts.push(["fused", fmt(ev.fused_score)]);
+    if (typeof ev.edge_distance === "number") facts.push(["edge distance", fmt(ev.edge_distance)]);
     if (typeof ev.best_image_id === "number") facts.push(["best photo", `#${ev.best_image_id}`]);
     let thumb;
     if (isNew) {
@@ -522,7 +559,10 @@ function renderResult(photo) {
         isNew
           ? h("p", { class: "muted" }, `threshold ${fmt(result.threshold, 2)}: ${n === result.predictions.length ? "every whale above" : "the whales below"} this line score${n === result.predictions.length ? "s over" : " under"} it`)
           : h("p", { class: "score" }, `score ${fmt(p.score)}`),
-        facts.length ? h("p", { class: "evidence muted" }, facts.map(([k, v]) => `${k} ${v}`).join(" · ")) : null),
+        facts.length ? h("p", { class: "evidence muted" }, facts.map(([k, v]) => `${k} ${v}`).join(" · ")) : null,
+        edge && edge.points && ev.edge_points
+          ? edgeOverlay(edge.points, ev.edge_points, `Trailing edges: this photo's in blue, ${p.whale_id}'s in orange`)
+          : null),
       h("div", { class: "cand-actions" }, action, browse)));
   }
 }
