@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -236,7 +238,9 @@ class MergeRequest(BaseModel):
 
 
 class MoveRequest(BaseModel):
-    image_ids: list[int] = Field(min_length=1, max_length=1000, description="Photos of the whale in the path.")
+    image_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
+        min_length=1, max_length=1000, description="Photos of the whale in the path."
+    )
     to: str = Field(description="A known whale, or a new whale id (created): a split.")
 
 
