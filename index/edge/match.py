@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from index.edge.descriptor import EdgeDescriptor
+from index.edge.descriptor import EdgeDescriptor, integral_curvature
 
 #: Sakoe-Chiba band half-width as a share of the points per side (3 of 64 points). On 200 queries
 #: outside the README's 300 (``scripts/measure_edge.py tune``, three scales): top-1 of known whales
@@ -38,6 +38,10 @@ def _curvatures(items) -> np.ndarray:
     if len(shapes) != 1 or len(arrs[0].shape) != 3 or arrs[0].shape[0] != 2:
         raise ValueError(f"edge descriptors must all be (2, n_points, n_scales) of one shape, got {sorted(shapes)}")
     return np.stack(arrs)
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and bool(np.allclose(a, b, rtol=1e-5, atol=1e-6))
 
 
 def dtw_banded(query: np.ndarray, gallery: np.ndarray, band: int) -> np.ndarray:
@@ -69,15 +73,26 @@ def edge_distances(query, gallery: Sequence, band: float = DEFAULT_BAND) -> np.n
 
     Args:
         query: an :class:`~index.edge.descriptor.EdgeDescriptor` or its ``(2, n, k)`` curvature.
-        gallery: m descriptors (or curvature arrays) of the same shape.
+        gallery: m descriptors (or curvature arrays) of the same shape. When ``query`` is an
+            :class:`~index.edge.descriptor.EdgeDescriptor`, a gallery descriptor computed with other
+            settings (points per side, radii: a blob stored before they changed) is described again
+            from its edge with the query's settings.
         band: Sakoe-Chiba half-width as a share of n.
 
     Returns:
         ``(m,) float32`` distances, >= 0 (0: identical curvature); smaller is more alike.
 
     Raises:
-        ValueError: descriptors of different shapes.
+        ValueError: curvature arrays of different shapes.
     """
+    if isinstance(query, EdgeDescriptor):  # a gallery edge stored with other settings is described again
+        n, scales = query.curvature.shape[1], tuple(query.scales)
+        gallery = [
+            integral_curvature(d.edge, n, scales)
+            if isinstance(d, EdgeDescriptor) and (d.curvature.shape[1] != n or not _same(d.scales, scales))
+            else d
+            for d in gallery
+        ]
     q = _curvatures([query])[0]
     g = _curvatures(gallery)
     if not len(g):

@@ -154,6 +154,19 @@ def test_edge_distances_batch_matches_pairs_and_checks_shapes():
         edge_distances(q, rng.random((2, 2, 8, 3)))
 
 
+def test_a_gallery_edge_stored_with_other_settings_is_described_again(drawn):
+    """A blob written with three radii (the first default) still matches a four-radii query: its
+    edge is described again with the query's settings; bare arrays of two shapes are refused."""
+    query = describe_photo(drawn)
+    edge = extract_edge(draw(fluke_outline(NICKS_B), seed=2)[0])
+    old = decode_descriptor(encode_descriptor(integral_curvature(edge, 64, (0.02, 0.04, 0.08))))
+    now = integral_curvature(old.edge)
+    assert old.curvature.shape == (2, 64, 3) and query.curvature.shape == (2, 64, 4)
+    assert edge_distances(query, [old, now])[0] == pytest.approx(edge_distances(query, [now])[0], abs=1e-6)
+    with pytest.raises(ValueError, match="differ in shape"):
+        edge_distances(query.curvature, [old.curvature])
+
+
 def test_blob_round_trip(drawn):
     desc = describe_photo(drawn)
     blob = encode_descriptor(desc)
