@@ -176,10 +176,11 @@ class EdgeSpec(_Strict):
     when this section is present, used by the ``edge_fused`` scoring mode.
 
     Attributes:
-        band: Sakoe-Chiba half-width of the DTW matching, as a share of the edge's points.
+        band: Sakoe-Chiba half-width of the DTW matching, as a share of the edge's points (0.05: the best of
+            0.05, 0.1 and 0.2 on 200 playground queries outside the README's 300, scripts/measure_edge.py).
     """
 
-    band: float = Field(0.1, ge=0, le=1)
+    band: float = Field(0.05, ge=0, le=1)
 
 
 class Manifest(_Strict):
