@@ -111,6 +111,7 @@ def build_gallery(
     thumbnails: bool = True,
     originals: bool = True,
     edges: bool = False,
+    actor: str = "build-gallery",
     local_features: Callable[[np.ndarray, np.ndarray], bytes] | None = None,
     progress: bool = True,
 ) -> dict:
@@ -123,6 +124,7 @@ def build_gallery(
         photos: ``(file name, whale id, base box or None)``; ``new_whale`` and ``unknown`` rows are skipped.
         flipped: also enrol each photo's mirror image under ``<whale_id>:flipped``.
         thumbnails: keep a JPEG thumbnail of each photo in the store.
+        actor: who the audit log names for these enrolments.
         edges: extract and keep each photo's trailing-edge descriptor (:mod:`index.edge`; about 0.15 s of
             CPU a photo).
         originals: keep each photo's bytes, perceptual hash and EXIF date and position in the store
@@ -179,7 +181,7 @@ def build_gallery(
         done += 1
     added, dupes = 0, len(known)
     for wid, imgs in pending.items():
-        res = gallery.add(wid, imgs, pending_flip.get(wid))
+        res = gallery.add(wid, imgs, pending_flip.get(wid), actor=actor)
         added += len(res.image_ids)
         dupes += len(res.duplicate_image_ids)
     skipped = len(wanted) - done - len(known)

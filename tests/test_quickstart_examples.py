@@ -40,7 +40,7 @@ def test_examples_are_photos_the_gallery_does_not_hold(tmp_path, monkeypatch):
     from whaleid.quickstart import example_context
 
     note, enrol_id = example_context(bundle, tmp_path / "labels.csv", new)
-    assert "expect new_whale first" in note and enrol_id == "my-whale-1"
+    assert "new_whale should come first" in note and enrol_id == "my-whale-1"
     build_gallery(bundle, photos, _labels(tmp_path, [("c.jpg", "my-whale-1"), ("a.jpg", "w1")]), progress=False)
     note, enrol_id = example_context(bundle, tmp_path / "labels2.csv", photos / "a.jpg")
     assert note == "(a new photo of whale w1: expect it near the top)" and enrol_id == "my-whale-2"
@@ -67,8 +67,11 @@ def test_the_enrol_example_is_a_photo_labelled_new_whale_and_a_busy_port_is_refu
         (photos / name).write_bytes(jpeg_bytes(rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)))
     labels = _labels(tmp_path, [("a.jpg", "w1"), ("e.jpg", "new_whale")])
     build_gallery(bundle, photos, labels, progress=False)
-    # b, c and d are not listed (they may show known whales): the one to enrol is e, labelled new_whale
-    assert example_photos(bundle, photos, labels) == (photos / "b.jpg", photos / "e.jpg")
+    # b, c and d are not listed (they may show known whales): e, labelled new_whale, is identified, then
+    # enrolled (the only listed new_whale photo serves both)
+    assert example_photos(bundle, photos, labels) == (photos / "e.jpg", photos / "e.jpg")
+    labels2 = _labels(tmp_path, [("a.jpg", "w1"), ("d.jpg", "new_whale"), ("e.jpg", "new_whale")])
+    assert example_photos(bundle, photos, labels2) == (photos / "d.jpg", photos / "e.jpg")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()

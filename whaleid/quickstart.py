@@ -180,28 +180,42 @@ def build(
     queries = calibration_subset(split / "queries.csv", split / "calibration.csv")
     emb = calibrate(bundle, images, queries, progress=False)
     # fused at its defaults: the embedding's shortlist joined by the whales LNBNN finds (index.lnbnn)
-    fused = calibrate(bundle, images, queries, mode="fused")
-    best = "fused" if fused["map5"] >= emb["map5"] else "embedding"
+    fused = calibrate(bundle, images, queries, mode="fused", progress=False)
+    n_val = emb["queries"]
+    # fused uses both cues: it stays the default unless the embedding alone wins by more than one photo
+    best = "embedding" if emb["map5"] > fused["map5"] + 1.0 / max(n_val, 1) else "fused"
     manifest = load_manifest(bundle)
     manifest.model_copy(update={"scoring": best}).save(bundle)
+    before = len(load_gallery_whales(bundle))
     stats = build_gallery(bundle, images, labels, boxes)
-    n_val = emb["queries"]
     typer.echo(
-        f"      validation as served ({n_val} photos): MAP@5 {emb['map5']:.3f} with the embedding alone, "
-        f"{fused['map5']:.3f} fused with SIFT + RANSAC; default scoring: {best}"
-        + (
-            f" (on {n_val} photos a difference under about {1 / max(n_val, 1):.2f} is one photo: "
-            "`whaleid compare-modes` on more labelled photos decides better)"
-            if n_val < 100
-            else ""
-        )
+        f"      validation as served ({n_val} photos): MAP@5 {emb['map5']:.3f} with the embedding alone "
+        f"(new_whale threshold {emb['saved_threshold']:.3f}), {fused['map5']:.3f} fused with SIFT + RANSAC "
+        f"(threshold {fused['saved_threshold']:.3f}); default scoring: {best} (fused unless the embedding wins by "
+        f"more than one photo, {1 / max(n_val, 1):.3f}; `whaleid compare-modes` on more labelled photos decides "
+        "better)"
     )
+    kept_out = stats["gallery_identities"] - before
+    joined = f" ({kept_out} whale{'s' if kept_out != 1 else ''} kept out of the gallery for it now join)"
     typer.echo(
-        f"      serving {stats['gallery_identities']} whales: the gallery photos, then the validation photos of "
-        f"named whales enrolled after calibration (photos labelled new_whale are never enrolled) "
-        f"({time.perf_counter() - t:.0f} s)"
+        f"      serving {stats['gallery_identities']} whales: the gallery photos, then the validation photos of named "
+        f"whales enrolled after calibration"
+        + (joined if kept_out else "")
+        + f"; photos labelled new_whale are never enrolled ({time.perf_counter() - t:.0f} s)"
     )
     return bundle
+
+
+def load_gallery_whales(bundle: Path) -> list[str]:
+    """The whale ids the bundle's gallery holds now."""
+    from index.gallery import Gallery
+
+    manifest = load_manifest(bundle)
+    gallery = Gallery.for_manifest(bundle / manifest.gallery.folder, manifest)
+    try:
+        return gallery.whale_ids()
+    finally:
+        gallery.close()
 
 
 def _own_estimate(labels: Path) -> str:
@@ -239,18 +253,19 @@ def example_photos(bundle: Path, photos: Path, labels: Path | None = None) -> tu
         from index.ranking import NEW_WHALE
 
         new_whale = {img for img, wid in read_labels(labels) if wid == NEW_WHALE}
-    query = enrol = None
-    for name in list_photos(photos):
-        if query is not None and enrol is not None:
+    unheld: list[Path] = []
+    names = list_photos(photos)
+    if new_whale:  # the listed new_whale photos first: what to expect of them is known
+        names = [n for n in names if n in new_whale] + [n for n in names if n not in new_whale]
+    for name in names:
+        if len(unheld) == 2:
             break
-        if sha256_bytes((photos / name).read_bytes()) in held:
-            continue
-        if enrol is None and (new_whale is None or name in new_whale) and query is not None:
-            enrol = photos / name
-        elif query is None:
-            query = photos / name
-        elif enrol is None and new_whale is None:
-            enrol = photos / name
+        if sha256_bytes((photos / name).read_bytes()) not in held:
+            unheld.append(photos / name)
+    query = unheld[0] if unheld else None
+    enrol = next((p for p in unheld[1:] if new_whale is None or p.name in new_whale), None)
+    if enrol is None and query is not None and new_whale and query.name in new_whale:
+        enrol = query  # identify it, then enrol it when no candidate is the same whale, then find it
     return query, enrol
 
 
@@ -281,9 +296,11 @@ def example_context(bundle: Path, labels: Path | None, query: Path | None) -> tu
             note = f"(a new photo of whale {truth}: expect it near the top)"
         elif truth is not None:
             note = (
-                "(a whale the catalogue does not hold: expect new_whale first, scored at the mode's threshold; "
-                "the whales after it are the nearest, not matches)"
+                "(labelled as a whale the catalogue does not hold: new_whale should come first, scored at the "
+                "threshold; a whale above it is the model's mistake or a whale to check, not a certain match)"
             )
+        else:
+            note = "(a photo your labels do not list: the quickstart cannot say which whale it shows)"
     return note, f"my-whale-{n}"
 
 
@@ -309,7 +326,8 @@ def curl_examples(
             *([f"                   {identify_note}"] if identify_note else []),
             "                   options go in the URL: .../identify?scoring=fused&k=10&explain=true",
             f"  enrol a whale:   curl -F files=@{new} -F whale_id={enrol_whale_id} {url}/gallery",
-            "                   (identify a photo first: enrol it as a new whale only when new_whale comes first)",
+            "                   (identify a photo first: if one of its top 5 is the same whale, add the photo to that "
+            "whale instead)",
             f"  then find it:    curl -F file=@{new} {url}/identify",
             f"  list the whales: curl {url}/gallery",
         ]
