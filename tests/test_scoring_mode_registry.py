@@ -80,7 +80,7 @@ def test_a_registered_mode_is_calibrated_compared_served_and_predicted(toy_bundl
     from whaleid.workflows import calibrate, compare_modes
 
     bundle, queries, root = toy_bundle
-    assert modes.names() == ["embedding", "local", "fused", TOY]
+    assert modes.names() == ["embedding", "local", "fused", "edge_fused", TOY]
 
     rep = calibrate(bundle, queries, root / "queries.csv", mode=TOY, progress=False)
     assert rep["mode"] == TOY and rep["queries"] == 7 and "params" not in rep  # the toy mode has none

@@ -25,7 +25,8 @@ from service.schemas import (
 )
 
 router = APIRouter(tags=["catalogue"])
-WRITE_ERRORS = {k: ERRORS[k] for k in (401, 403, 404, 409, 422)}
+#: a JSON body may be malformed or miss a field (400), besides the write's own errors
+WRITE_ERRORS = {k: ERRORS[k] for k in (400, 401, 403, 404, 409, 422)}
 
 
 @router.patch(
@@ -94,7 +95,7 @@ async def move(service: Service, whale_id: str, body: MoveRequest, actor: Actor)
     "/gallery/{whale_id}/images/{image_id}",
     response_model=PhotoMetadataModel,
     dependencies=[WriteAccess],
-    responses={k: ERRORS[k] for k in (401, 403, 404, 422)},
+    responses={k: ERRORS[k] for k in (400, 401, 403, 404, 422)},
     summary="Edit a photo's date, place and notes",
 )
 async def edit_metadata(
