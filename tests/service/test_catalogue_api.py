@@ -229,9 +229,8 @@ def test_near_duplicates_are_reported_and_exact_copies_stay_also_enrolled_as(cli
     )
     near = r.json()["near_duplicates"]
     assert r.status_code == 201 and near and near[0]["whale_id"] == "w0" and near[0]["bits"] <= 8
-    other = client.post(
-        "/gallery", files=[("files", ("new.jpg", jpeg_bytes(texture(77)), "image/jpeg"))], data={"whale_id": "dup2"}, headers=H
-    )
+    unrelated = [("files", ("new.jpg", jpeg_bytes(texture(77)), "image/jpeg"))]
+    other = client.post("/gallery", files=unrelated, data={"whale_id": "dup2"}, headers=H)
     assert other.json()["near_duplicates"] == []  # an unrelated photo is near nothing
     again = client.post(
         "/gallery", files=[("files", ("same.jpg", original, "image/jpeg"))], data={"whale_id": "dup3"}, headers=H

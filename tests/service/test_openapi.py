@@ -206,7 +206,8 @@ def test_scoring_modes_are_those_the_bundle_serves_without_a_threshold(tmp_path)
     (tmp_path / "manifest.json").write_text("{}")
     app = create_app(Settings(bundle=tmp_path))
     scoring = next(p for p in app.openapi()["paths"]["/identify"]["post"]["parameters"] if p["name"] == "scoring")
-    assert scoring["schema"]["anyOf"][0]["enum"] == ["embedding", "local", "fused", "edge_fused"]  # every registered mode
+    # before a bundle is loaded: every registered mode
+    assert scoring["schema"]["anyOf"][0]["enum"] == ["embedding", "local", "fused", "edge_fused"]
     app.state.service = SimpleNamespace(
         available_modes=lambda: ["embedding", "local", "fused"],
         manifest=SimpleNamespace(thresholds={"embedding": 0.5, "fused": 0.4}),
