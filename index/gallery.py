@@ -206,7 +206,8 @@ class Gallery(CatalogueOps):
                 vectors = loaded
             else:
                 log.info(
-                    "gallery index %s is stale (generation %s, store %s): rebuilding",
+                    "gallery index snapshot %s is older than the store (generation %s, store %s: photos were "
+                    "enrolled or removed since it was saved): rebuilding it from the store",
                     self.index_path,
                     meta.get("generation"),
                     generation,

@@ -195,8 +195,16 @@ def build(
         f"more than one photo, {1 / max(n_val, 1):.3f}; `whaleid compare-modes` on more labelled photos decides "
         "better)"
     )
+    if emb.get("queries_new_whale", 1) == 0:
+        typer.secho(
+            "      warning: no validation photo was a new whale (no photos labelled new_whale, and no whale could be "
+            "kept out of the gallery), so the new_whale thresholds could not be chosen against new whales: a whale "
+            "the catalogue lacks will be named as a known one. Label a few photos of unnamed whales new_whale, or "
+            "set a threshold with `whaleid calibrate --rule new_whale_share`.",
+            fg=typer.colors.YELLOW,
+        )
     kept_out = stats["gallery_identities"] - before
-    joined = f" ({kept_out} whale{'s' if kept_out != 1 else ''} kept out of the gallery for it now join)"
+    joined = f" (and the {kept_out} whale{'s' if kept_out != 1 else ''} kept out of the gallery to play new whales)"
     typer.echo(
         f"      serving {stats['gallery_identities']} whales: the gallery photos, then the validation photos of named "
         f"whales enrolled after calibration"
@@ -296,8 +304,9 @@ def example_context(bundle: Path, labels: Path | None, query: Path | None) -> tu
             note = f"(a new photo of whale {truth}: expect it near the top)"
         elif truth is not None:
             note = (
-                "(labelled as a whale the catalogue does not hold: new_whale should come first, scored at the "
-                "threshold; a whale above it is the model's mistake or a whale to check, not a certain match)"
+                "(labelled new_whale in your labels, a whale the catalogue does not hold: new_whale should come "
+                "first, scored at the threshold; a whale above it is the model's mistake or a whale to check, not a "
+                "certain match)"
             )
         else:
             note = "(a photo your labels do not list: the quickstart cannot say which whale it shows)"
