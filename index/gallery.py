@@ -326,7 +326,9 @@ class Gallery(CatalogueOps):
             _, idents, embs = self.store.all_embeddings_of_images(added)
             new_vecs = (added, embs)
         with self._rw.write():
-            gone = old - current
+            # photos that left this identity, unless another identity's resync already took them (a merge
+            # or a move keeps a photo's id: it must not be dropped from the index by its old owner)
+            gone = {i for i in old - current if self._image_owner.get(i, ident) == ident}
             for i in gone:
                 self._image_owner.pop(i, None)
             if self.scoring == "image_max":

@@ -6,6 +6,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from index.metadata import TAKEN_AT_PATTERN
+
 
 class Evidence(BaseModel):
     """Why a candidate is ranked where it is. Fields absent in a scoring mode are left out."""
@@ -159,7 +161,9 @@ class PhotoMetadataModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    taken_at: str | None = Field(None, description="ISO 8601, with its UTC offset when known.")
+    taken_at: str | None = Field(
+        None, max_length=40, pattern=TAKEN_AT_PATTERN, description="ISO 8601, with its UTC offset when known."
+    )
     latitude: float | None = Field(None, ge=-90, le=90)
     longitude: float | None = Field(None, ge=-180, le=180)
     location: str | None = Field(None, max_length=200)
@@ -229,8 +233,15 @@ class WhaleDetail(BaseModel):
     images: list[ImageInfo]
 
 
+#: A whale id a request may create: index.store.validate_whale_id as a pattern (the reserved new_whale
+#: excluded by a lookahead, hence Python's regex engine for these models).
+NEW_WHALE_ID = r"^(?!new_whale$)[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
 class RenameRequest(BaseModel):
-    whale_id: str = Field(description="The new whale id.")
+    model_config = ConfigDict(regex_engine="python-re")
+
+    whale_id: str = Field(pattern=NEW_WHALE_ID, description="The new whale id (not 'new_whale', reserved).")
 
 
 class MergeRequest(BaseModel):
@@ -238,10 +249,12 @@ class MergeRequest(BaseModel):
 
 
 class MoveRequest(BaseModel):
+    model_config = ConfigDict(regex_engine="python-re")
+
     image_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
         min_length=1, max_length=1000, description="Photos of the whale in the path."
     )
-    to: str = Field(description="A known whale, or a new whale id (created): a split.")
+    to: str = Field(pattern=NEW_WHALE_ID, description="A known whale, or a new whale id (created): a split.")
 
 
 class CatalogueChange(BaseModel):

@@ -5,13 +5,15 @@ from typing import Annotated
 from anyio import to_thread
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
 
-from index.metadata import parse_metadata
+from index.metadata import TAKEN_AT_PATTERN, parse_metadata
 from service.deps import Actor, Service, WriteAccess
 from service.errors import TOO_MANY_FILES
 from service.schemas import ERRORS, Deleted, EnrolResponse, GalleryPage, WhaleDetail
 from service.uploads import UploadRoute
 
 router = APIRouter(prefix="/gallery", tags=["gallery"], route_class=UploadRoute)
+#: taken_at as a form field: empty (not given) or an ISO 8601 date/date-time
+TAKEN_AT_FORM = "^$|" + TAKEN_AT_PATTERN.removeprefix("^")
 #: Descriptions of the photo metadata form fields (POST /gallery and POST /identify).
 META_HELP = {
     "taken_at": "When the photo was taken, ISO 8601 (e.g. 2019-07-14T09:31:05-04:00); default: its EXIF.",
@@ -42,7 +44,9 @@ async def enrol(
     whale_id: Annotated[
         str | None, Form(description="Known or new whale id; left out: a new readable id is assigned.")
     ] = None,
-    taken_at: Annotated[str | None, Form(description=META_HELP["taken_at"])] = None,
+    taken_at: Annotated[
+        str | None, Form(max_length=40, pattern=TAKEN_AT_FORM, description=META_HELP["taken_at"])
+    ] = None,
     latitude: Annotated[float | None, Form(ge=-90, le=90, description=META_HELP["latitude"])] = None,
     longitude: Annotated[float | None, Form(ge=-180, le=180, description=META_HELP["longitude"])] = None,
     location: Annotated[str | None, Form(max_length=200, description=META_HELP["location"])] = None,

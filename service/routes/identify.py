@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
+from pydantic import BeforeValidator
 
 from core.errors import InvalidRequestError
 from core.manifest import ScoringModeName
@@ -13,6 +15,18 @@ from service.schemas import ERRORS, IdentifyResponse
 from service.uploads import UploadRoute
 
 router = APIRouter(tags=["identify"], route_class=UploadRoute)
+#: a number in a scope parameter (a sign, digits, an optional fraction), and one without a sign
+_NUM, _UNUM = r"-?[0-9]{1,12}(\.[0-9]{1,12})?", r"[0-9]{1,12}(\.[0-9]{1,12})?"
+
+
+def _iso_date(v):
+    """Only ``YYYY-MM-DD`` strings become dates (pydantic would also take a number as a Unix time)."""
+    if isinstance(v, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", v):
+        return v
+    raise ValueError("a date is YYYY-MM-DD")
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 
 #: Options of POST /identify, all query parameters: a form field of that name is refused, never ignored.
 #: (Form fields may carry the query photo's metadata: taken_at, latitude, ... as for POST /gallery.)
@@ -45,19 +59,23 @@ async def identify(
     scope_bbox: Annotated[
         str | None,
         Query(
-            pattern=r"^-?[0-9.]+,-?[0-9.]+,-?[0-9.]+,-?[0-9.]+$",
+            pattern=rf"^{_NUM},{_NUM},{_NUM},{_NUM}$",
             description="Only whales photographed inside lat_min,lon_min,lat_max,lon_max (decimal degrees).",
         ),
     ] = None,
     scope_near: Annotated[
         str | None,
         Query(
-            pattern=r"^-?[0-9.]+,-?[0-9.]+,[0-9.]+$",
+            pattern=rf"^{_NUM},{_NUM},{_UNUM}$",
             description="Only whales photographed within radius_km of lat,lon: 'lat,lon,radius_km'.",
         ),
     ] = None,
-    scope_from: Annotated[date | None, Query(description="Only whales photographed on or after this date.")] = None,
-    scope_to: Annotated[date | None, Query(description="Only whales photographed on or before this date.")] = None,
+    scope_from: Annotated[
+        IsoDate | None, Query(description="Only whales photographed on or after this date (YYYY-MM-DD).")
+    ] = None,
+    scope_to: Annotated[
+        IsoDate | None, Query(description="Only whales photographed on or before this date (YYYY-MM-DD).")
+    ] = None,
 ) -> dict:
     """Embed the photo through its TTA boxes (multi-box TTA) and return the top-k identities of the gallery,
     with `new_whale` inserted at the first rank whose score falls below the threshold.
@@ -88,21 +106,9 @@ async def identify(
 
 
 def _scope(location, bbox, near, date_from, date_to) -> SearchScope | None:
-    """The search scope of the ``scope_*`` parameters, or None.
-
-    Raises:
-        InvalidRequestError: a box whose corners are out of order or out of range, a negative radius.
-    """
-    try:
-        box = tuple(float(v) for v in bbox.split(",")) if bbox else None
-        circle = tuple(float(v) for v in near.split(",")) if near else None
-    except ValueError:
-        raise InvalidRequestError("scope_bbox and scope_near take numbers separated by commas") from None
-    if box and not (-90 <= box[0] <= box[2] <= 90 and -180 <= box[1] <= box[3] <= 180):
-        raise InvalidRequestError("scope_bbox is lat_min,lon_min,lat_max,lon_max with min <= max, in degrees")
-    if circle and not (-90 <= circle[0] <= 90 and -180 <= circle[1] <= 180 and circle[2] >= 0):
-        raise InvalidRequestError("scope_near is lat,lon,radius_km with a position in degrees and radius >= 0")
-    if date_from and date_to and date_from > date_to:
-        raise InvalidRequestError("scope_from is after scope_to")
+    """The search scope of the ``scope_*`` parameters, or None. A scope nothing can be inside (a box whose
+    corners are swapped, dates in the wrong order) is a valid scope that leaves no whale."""
+    box = tuple(float(v) for v in bbox.split(",")) if bbox else None
+    circle = tuple(float(v) for v in near.split(",")) if near else None
     scope = SearchScope(location=location or None, bbox=box, near=circle, date_from=date_from, date_to=date_to)
     return None if scope.is_empty() else scope

@@ -168,10 +168,10 @@ def test_metadata_from_exif_and_the_form_edited_and_validated(client):
     r = client.post(
         "/gallery",
         files=[("files", ("x.jpg", data, "image/jpeg"))],
-        data={"whale_id": "HB-2", "latitude": "12"},
+        data={"whale_id": "HB-2", "taken_at": "last summer"},
         headers=H,
     )
-    assert r.status_code == 422 and "latitude and longitude go together" in r.json()["detail"]
+    assert r.status_code == 422 and "taken_at" in r.json()["detail"]
     assert client.get("/gallery/HB-2").status_code == 404  # nothing stored
     body = client.post("/identify", files={"file": ("q.jpg", data, "image/jpeg")}, data={"encounter_id": "E-7"}).json()
     assert body["photo_metadata"]["encounter_id"] == "E-7" and body["photo_metadata"]["taken_at"].startswith(
@@ -209,12 +209,11 @@ def test_scoped_identification_never_answers_out_of_scope_whales(client):
         # an in-scope whale's own photo is still found
         for w in allowed:
             assert top(client, spare(int(w[1])), **params)[0] == w
-    assert (
-        client.post(
-            "/identify", files={"file": ("q.jpg", spare(0), "image/jpeg")}, params={"scope_bbox": "10,0,5,1"}
-        ).status_code
-        == 422
-    )
+    photo = {"file": ("q.jpg", spare(0), "image/jpeg")}
+    swapped = client.post("/identify", files=photo, params={"scope_bbox": "10,0,5,1"})
+    assert swapped.status_code == 200 and swapped.json()["scope"]["whales_in_scope"] == 0  # a box nothing is in
+    assert client.post("/identify", files=photo, params={"scope_from": "0"}).status_code == 422  # a number, no date
+    assert client.post("/identify", files=photo, params={"scope_bbox": "1.2.3,0,5,1"}).status_code == 422
 
 
 def test_near_duplicates_are_reported_and_exact_copies_stay_also_enrolled_as(client):
