@@ -209,6 +209,8 @@ def _complete_body(doc: dict[str, Any], op: dict[str, Any], settings: Any) -> No
             f" At most {settings.max_upload_bytes} bytes and {settings.max_image_pixels} pixels "
             f"(width x height) a photo."
         )
+    if op.get("operationId", "").startswith("identify_"):
+        schema["additionalProperties"] = False  # POST /identify refuses form fields it does not know
     encoding = body.setdefault("encoding", {})
     for name, prop in schema.get("properties", {}).items():
         items = prop.get("items") if prop.get("type") == "array" else None
@@ -241,6 +243,11 @@ def _complete_body(doc: dict[str, Any], op: dict[str, Any], settings: Any) -> No
                 + " 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit; not "
                 f"'{NEW_WHALE}' (reserved).",
             }
+        elif any(option.get("type") == "null" for option in prop.get("anyOf", [])):
+            # an optional form field: "not given" is leaving it out (multipart has no null; the text "null"
+            # would be a value), so the document offers only the field's own type
+            kept = [option for option in prop["anyOf"] if option.get("type") != "null"]
+            schema["properties"][name] = {**{k: v for k, v in prop.items() if k != "anyOf"}, **kept[0]}
 
 
 def _complete_parameters(op: dict[str, Any], service: Any) -> None:

@@ -251,7 +251,8 @@ class MergeRequest(BaseModel):
 class MoveRequest(BaseModel):
     model_config = ConfigDict(regex_engine="python-re")
 
-    image_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
+    # at most 2^53 - 1: a JSON number above it loses its last digits in many clients (and in the document)
+    image_ids: list[Annotated[int, Field(ge=1, le=2**53 - 1)]] = Field(
         min_length=1, max_length=1000, description="Photos of the whale in the path."
     )
     to: str = Field(pattern=NEW_WHALE_ID, description="A known whale, or a new whale id (created): a split.")

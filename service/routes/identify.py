@@ -4,13 +4,14 @@ import re
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from pydantic import BeforeValidator
 
 from core.errors import InvalidRequestError
 from core.manifest import ScoringModeName
 from index.metadata import PhotoMetadata, SearchScope, parse_metadata
 from service.deps import Service
+from service.routes.gallery import META_HELP, TAKEN_AT_FORM
 from service.schemas import ERRORS, IdentifyResponse
 from service.uploads import UploadRoute
 
@@ -76,6 +77,15 @@ async def identify(
     scope_to: Annotated[
         IsoDate | None, Query(description="Only whales photographed on or before this date (YYYY-MM-DD).")
     ] = None,
+    taken_at: Annotated[
+        str | None, Form(max_length=40, pattern=TAKEN_AT_FORM, description=META_HELP["taken_at"])
+    ] = None,
+    latitude: Annotated[float | None, Form(ge=-90, le=90, description=META_HELP["latitude"])] = None,
+    longitude: Annotated[float | None, Form(ge=-180, le=180, description=META_HELP["longitude"])] = None,
+    location: Annotated[str | None, Form(max_length=200, description=META_HELP["location"])] = None,
+    encounter_id: Annotated[str | None, Form(max_length=100, description=META_HELP["encounter_id"])] = None,
+    photographer: Annotated[str | None, Form(max_length=200, description=META_HELP["photographer"])] = None,
+    notes: Annotated[str | None, Form(max_length=2000, description=META_HELP["notes"])] = None,
 ) -> dict:
     """Embed the photo through its TTA boxes (multi-box TTA) and return the top-k identities of the gallery,
     with `new_whale` inserted at the first rank whose score falls below the threshold.
@@ -83,7 +93,17 @@ async def identify(
     Example: `curl -F file=@fluke.jpg http://127.0.0.1:8000/identify`
     """
     form = await request.form()  # the form FastAPI already parsed (cached)
-    meta = parse_metadata({key: form.get(key) for key in form if key in PhotoMetadata.model_fields})
+    meta = parse_metadata(
+        dict(
+            taken_at=taken_at,
+            latitude=latitude,
+            longitude=longitude,
+            location=location,
+            encounter_id=encounter_id,
+            photographer=photographer,
+            notes=notes,
+        )
+    )
     other = sorted({key for key in form if key != "file" and key not in PhotoMetadata.model_fields})
     if other:
         options = [key for key in other if key in QUERY_OPTIONS]
