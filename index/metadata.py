@@ -37,7 +37,9 @@ from core.errors import InvalidRequestError
 
 #: What ``taken_at`` must look like: an ISO 8601 date, or date and time, with an optional UTC offset (the
 #: API's schema states the same pattern, so a request the document allows is never refused for it).
-TAKEN_AT_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}:\d{2})?$"
+TAKEN_AT_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?)?(Z|[+-][0-9]{2}:[0-9]{2})?$"
+)
 
 #: Hamming distance (of 64 bits) at or below which two photos are reported as near-duplicates.
 NEAR_DUPLICATE_BITS = 8

@@ -13,7 +13,7 @@ from service.uploads import UploadRoute
 
 router = APIRouter(prefix="/gallery", tags=["gallery"], route_class=UploadRoute)
 #: taken_at as a form field: empty (not given) or an ISO 8601 date/date-time
-TAKEN_AT_FORM = "^$|" + TAKEN_AT_PATTERN.removeprefix("^")
+TAKEN_AT_FORM = "^$|" + TAKEN_AT_PATTERN  # both alternatives anchored (a schema pattern is a search)
 #: Descriptions of the photo metadata form fields (POST /gallery and POST /identify).
 META_HELP = {
     "taken_at": "When the photo was taken, ISO 8601 (e.g. 2019-07-14T09:31:05-04:00); default: its EXIF.",
