@@ -84,5 +84,13 @@ class CatalogueOps:
     def in_scope(self, scope: SearchScope) -> dict[int, str]:
         """``identity_id -> whale_id`` of the answerable whales with a photo inside ``scope``."""
         names = self.answerable_names()
-        keep = {ident for _, ident, meta in self.store.photo_metadata() if scope.matches(meta)}
+        keep = {ident for _, ident, meta in self._photo_metadata() if scope.matches(meta)}
         return {i: n for i, n in names.items() if i in keep}
+
+    def _photo_metadata(self) -> list:
+        """Every photo's metadata, read from the store once per store generation (not once per scoped query)."""
+        generation = self.store.generation
+        cached = getattr(self, "_metadata_cache", None)
+        if cached is None or cached[0] != generation:
+            cached = self._metadata_cache = (generation, self.store.photo_metadata())
+        return cached[1]

@@ -33,6 +33,7 @@ identities to re-read instead of the whole store (None: the log does not reach b
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -174,6 +175,42 @@ class MoveOutcome:
     moved_image_ids: list[int]
     created: bool
     source_deleted: bool
+
+
+#: The columns of an :class:`ImageRecord`, in :func:`image_record`'s order (both backends select them).
+RECORD_COLUMNS = "id, sha256, source, box, added_at, thumbnail IS NOT NULL, metadata, original IS NOT NULL"
+
+
+def image_record(whale_id: str, row) -> ImageRecord:
+    """An :class:`ImageRecord` from a row of :data:`RECORD_COLUMNS` (``box`` JSON text; ``metadata`` JSON text,
+    or an already decoded dict as PostgreSQL's ``jsonb`` gives it)."""
+    meta = row[6]
+    if isinstance(meta, (str, bytes)):
+        meta = json.loads(meta)
+    return ImageRecord(
+        int(row[0]), whale_id, row[1], row[2], json.loads(row[3]) if row[3] else None, row[4], bool(row[5]),
+        dict(meta or {}), bool(row[7]),
+    )  # fmt: skip
+
+
+def check_recorded_model(path, dim: int, recorded_dim, model_sha256: str | None, recorded_sha: str | None) -> None:
+    """Refuse a store whose embeddings another model made: another dimension, or (when both are known)
+    another model checksum.
+
+    Raises:
+        ManifestMismatchError: naming the store and both values.
+    """
+    from core.errors import ManifestMismatchError
+
+    if int(recorded_dim) != int(dim):
+        raise ManifestMismatchError(
+            f"gallery store {path} holds {recorded_dim}-d embeddings, but the model makes {dim}-d ones"
+        )
+    if model_sha256 and recorded_sha and recorded_sha != model_sha256:
+        raise ManifestMismatchError(
+            f"gallery store {path} was built with another model (sha256 {recorded_sha[:12]}...) than "
+            f"the bundle's ({model_sha256[:12]}...); rebuild it with `whaleid build-gallery`"
+        )
 
 
 @runtime_checkable

@@ -50,8 +50,8 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from core.errors import ManifestMismatchError, UnknownIdentityError, UnknownImageError
-from index.store.base import AddOutcome, NewImage, _now, flipped_id
+from core.errors import UnknownIdentityError, UnknownImageError
+from index.store.base import AddOutcome, NewImage, _now, check_recorded_model, flipped_id
 from index.store.pg_migrate import SCHEMA_VERSION, check_schema
 from index.store.postgres_catalogue import PostgresCatalogue, audit
 from index.store.postgres_errors import redact, translate
@@ -212,16 +212,7 @@ class PostgresGalleryStore(PostgresCatalogue, PostgresReads):
             return rows, False
 
         rows = self._write(init)
-        if int(rows["dim"]) != self.dim:
-            raise ManifestMismatchError(
-                f"gallery store {self.path} holds {rows['dim']}-d embeddings, but the model makes {self.dim}-d ones"
-            )
-        stored_sha = rows.get("model_sha256")
-        if model_sha256 and stored_sha and stored_sha != model_sha256:
-            raise ManifestMismatchError(
-                f"gallery store {self.path} was built with another model (sha256 {stored_sha[:12]}...) than "
-                f"the bundle's ({model_sha256[:12]}...); rebuild it with `whaleid build-gallery`"
-            )
+        check_recorded_model(self.path, self.dim, rows["dim"], model_sha256, rows.get("model_sha256"))
 
     @property
     def generation(self) -> int:

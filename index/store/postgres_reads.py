@@ -4,13 +4,12 @@ store's ``_read(fn)`` runner and ``dim``). Each query is one autocommit statemen
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from core.errors import UnknownIdentityError
-from index.store.base import IdentityRecord, ImageRecord
+from index.store.base import RECORD_COLUMNS, IdentityRecord, ImageRecord, image_record
 
 #: photos per query when every embedding is read (a chunk's embeddings travel as one bytea: 40 MB at 512-d)
 CHUNK = 20_000
@@ -82,13 +81,13 @@ class PostgresReads:
             if row is None:
                 return None
             return c.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM images WHERE identity_id = %s ORDER BY id", (int(row[0]),)
+                f"SELECT {RECORD_COLUMNS} FROM images WHERE identity_id = %s ORDER BY id", (int(row[0]),)
             ).fetchall()
 
         rows = self._read(read)
         if rows is None:
             raise UnknownIdentityError(whale_id)
-        return [_record(whale_id, r) for r in rows]
+        return [image_record(whale_id, r) for r in rows]
 
     def image_ids_of(self, identity_id: int) -> set[int]:
         return {int(r[0]) for r in self._rows("SELECT id FROM images WHERE identity_id = %s", (int(identity_id),))}
@@ -156,9 +155,9 @@ class PostgresReads:
             "WHERE NOT i.flipped ORDER BY m.id"
         )
         for image_id, whale_id in ids:
-            r = self._one(f"SELECT {_RECORD_COLUMNS}, original FROM images WHERE id = %s", (int(image_id),))
+            r = self._one(f"SELECT {RECORD_COLUMNS}, original FROM images WHERE id = %s", (int(image_id),))
             if r is not None:
-                yield whale_id, _record(whale_id, r[:-1]), None if r[-1] is None else bytes(r[-1])
+                yield whale_id, image_record(whale_id, r[:-1]), None if r[-1] is None else bytes(r[-1])
 
     # -- embeddings and local features -----------------------------------------------------------
 
@@ -259,20 +258,3 @@ class PostgresReads:
             ([int(i) for i in image_ids],),
         )
         return [(int(r[0]), int(r[1]), None if r[2] is None else bytes(r[2])) for r in rows]
-
-
-_RECORD_COLUMNS = "id, sha256, source, box, added_at, thumbnail IS NOT NULL, metadata, original IS NOT NULL"
-
-
-def _record(whale_id: str, r) -> ImageRecord:
-    return ImageRecord(
-        int(r[0]),
-        whale_id,
-        r[1],
-        r[2],
-        json.loads(r[3]) if r[3] else None,
-        r[4],
-        bool(r[5]),
-        dict(r[6] or {}),
-        bool(r[7]),
-    )

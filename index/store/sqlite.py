@@ -31,7 +31,6 @@ import numpy as np
 
 from core.errors import (
     CorruptArtifactError,
-    ManifestMismatchError,
     StorageError,
     StoreBusyError,
     UnknownIdentityError,
@@ -41,6 +40,7 @@ from index.store.base import (
     AddOutcome,
     NewImage,
     _now,
+    check_recorded_model,
     flipped_id,
 )
 from index.store.sqlite_catalogue import SQLiteCatalogue
@@ -167,16 +167,7 @@ class SQLiteGalleryStore(SQLiteCatalogue, SQLiteReads):
                     self._set_meta("model_sha256", model_sha256)
                 return
             self._set_meta("schema_version", SCHEMA_VERSION)  # schema 1 files were migrated above
-        if int(dim) != self.dim:
-            raise ManifestMismatchError(
-                f"gallery store {self.path} holds {dim}-d embeddings, but the model makes {self.dim}-d ones"
-            )
-        stored_sha = self._meta("model_sha256")
-        if model_sha256 and stored_sha and stored_sha != model_sha256:
-            raise ManifestMismatchError(
-                f"gallery store {self.path} was built with another model (sha256 {stored_sha[:12]}...) than "
-                f"the bundle's ({model_sha256[:12]}...); rebuild it with `whaleid build-gallery`"
-            )
+        check_recorded_model(self.path, self.dim, dim, model_sha256, self._meta("model_sha256"))
 
     @property
     def generation(self) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from core.errors import UnknownIdentityError
-from index.store.base import IdentityRecord, ImageRecord
+from index.store.base import RECORD_COLUMNS, IdentityRecord, ImageRecord, image_record
 
 
 class SQLiteReads:
@@ -134,10 +134,10 @@ class SQLiteReads:
         for image_id, whale_id in ids:
             with self._lock:
                 r = self._db.execute(
-                    f"SELECT {_RECORD_COLUMNS}, original FROM images WHERE id=?", (image_id,)
+                    f"SELECT {RECORD_COLUMNS}, original FROM images WHERE id=?", (image_id,)
                 ).fetchone()
             if r is not None:
-                yield whale_id, _record(whale_id, r[:-1]), (None if r[-1] is None else bytes(r[-1]))
+                yield whale_id, image_record(whale_id, r[:-1]), (None if r[-1] is None else bytes(r[-1]))
 
     def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every photo: ``(image_ids (n,) int64, identity_ids (n,) int64, embeddings (n, d) float32)``."""
@@ -213,9 +213,9 @@ class SQLiteReads:
             if row is None:
                 raise UnknownIdentityError(whale_id)
             rows = self._db.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM images WHERE identity_id=? ORDER BY id", (int(row[0]),)
+                f"SELECT {RECORD_COLUMNS} FROM images WHERE identity_id=? ORDER BY id", (int(row[0]),)
             ).fetchall()
-        return [_record(whale_id, r) for r in rows]
+        return [image_record(whale_id, r) for r in rows]
 
     def image_blob(self, image_id: int, column: str) -> bytes | None:
         """The ``thumbnail`` or ``local_features`` blob of a photo (None when not stored)."""
@@ -271,20 +271,3 @@ class SQLiteReads:
 def _like_prefix(prefix: str) -> str:
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + "%"
-
-
-_RECORD_COLUMNS = "id, sha256, source, box, added_at, thumbnail IS NOT NULL, metadata, original IS NOT NULL"
-
-
-def _record(whale_id: str, r) -> ImageRecord:
-    return ImageRecord(
-        int(r[0]),
-        whale_id,
-        r[1],
-        r[2],
-        json.loads(r[3]) if r[3] else None,
-        r[4],
-        bool(r[5]),
-        json.loads(r[6]) if r[6] else {},
-        bool(r[7]),
-    )

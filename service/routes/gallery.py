@@ -5,25 +5,13 @@ from typing import Annotated
 from anyio import to_thread
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
 
-from index.metadata import TAKEN_AT_PATTERN, parse_metadata
 from service.deps import Actor, Service, WriteAccess
 from service.errors import TOO_MANY_FILES
+from service.forms import MetadataForm
 from service.schemas import ERRORS, Deleted, EnrolResponse, GalleryPage, WhaleDetail
 from service.uploads import UploadRoute
 
 router = APIRouter(prefix="/gallery", tags=["gallery"], route_class=UploadRoute)
-#: taken_at as a form field: empty (not given) or an ISO 8601 date/date-time
-TAKEN_AT_FORM = "^$|" + TAKEN_AT_PATTERN  # both alternatives anchored (a schema pattern is a search)
-#: Descriptions of the photo metadata form fields (POST /gallery and POST /identify).
-META_HELP = {
-    "taken_at": "When the photo was taken, ISO 8601 (e.g. 2019-07-14T09:31:05-04:00); default: its EXIF.",
-    "latitude": "Where, decimal degrees (WGS 84); default: its EXIF GPS position.",
-    "longitude": "Where, decimal degrees (WGS 84); default: its EXIF GPS position.",
-    "location": "A place name, e.g. Hervey Bay (what a scoped search matches).",
-    "encounter_id": "The field team's encounter or sighting id.",
-    "photographer": "Who took the photo.",
-    "notes": "Free text.",
-}
 # SQLite's largest integer: a larger offset or image id cannot even be looked up (422, not a 500)
 MAX_SQLITE_INT = 2**63 - 1
 ImageId = Annotated[int, Path(ge=1, le=MAX_SQLITE_INT, description="A photo's id (from POST /gallery).")]
@@ -41,18 +29,10 @@ async def enrol(
     service: Service,
     files: Annotated[list[UploadFile], File(description="One or more photos of the same whale.")],
     actor: Actor,
+    meta: MetadataForm,
     whale_id: Annotated[
         str | None, Form(description="Known or new whale id; left out: a new readable id is assigned.")
     ] = None,
-    taken_at: Annotated[
-        str | None, Form(max_length=40, pattern=TAKEN_AT_FORM, description=META_HELP["taken_at"])
-    ] = None,
-    latitude: Annotated[float | None, Form(ge=-90, le=90, description=META_HELP["latitude"])] = None,
-    longitude: Annotated[float | None, Form(ge=-180, le=180, description=META_HELP["longitude"])] = None,
-    location: Annotated[str | None, Form(max_length=200, description=META_HELP["location"])] = None,
-    encounter_id: Annotated[str | None, Form(max_length=100, description=META_HELP["encounter_id"])] = None,
-    photographer: Annotated[str | None, Form(max_length=200, description=META_HELP["photographer"])] = None,
-    notes: Annotated[str | None, Form(max_length=2000, description=META_HELP["notes"])] = None,
 ) -> dict:
     """Add photos to a whale (created when new). The 201 is sent after the store is on disk (fsynced).
     A photo already stored for that whale (same bytes) is not added twice. A bad photo fails the whole
@@ -62,17 +42,6 @@ async def enrol(
     """
     if len(files) > service.settings.max_files:
         raise HTTPException(413, TOO_MANY_FILES.format(limit=service.settings.max_files))
-    meta = parse_metadata(
-        dict(
-            taken_at=taken_at,
-            latitude=latitude,
-            longitude=longitude,
-            location=location,
-            encounter_id=encounter_id,
-            photographer=photographer,
-            notes=notes,
-        )
-    )
     photos = [(f.filename or "", await f.read()) for f in files]
     return await service.enrol(photos, whale_id or None, meta, actor)
 

@@ -4,14 +4,14 @@ import re
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import BeforeValidator
 
 from core.errors import InvalidRequestError
 from core.manifest import ScoringModeName
-from index.metadata import PhotoMetadata, SearchScope, parse_metadata
+from index.metadata import SearchScope
 from service.deps import Service
-from service.routes.gallery import META_HELP, TAKEN_AT_FORM
+from service.forms import METADATA_FIELDS, MetadataForm
 from service.schemas import ERRORS, IdentifyResponse
 from service.uploads import UploadRoute
 
@@ -45,6 +45,7 @@ async def identify(
     request: Request,
     service: Service,
     file: Annotated[UploadFile, File(description="The fluke photo (JPEG, PNG, WebP, BMP, GIF, TIFF, AVIF).")],
+    meta: MetadataForm,
     k: Annotated[int, Query(ge=1, le=20, description="How many ranked entries (new_whale included).")] = 5,
     threshold: Annotated[
         float | None,
@@ -77,15 +78,6 @@ async def identify(
     scope_to: Annotated[
         IsoDate | None, Query(description="Only whales photographed on or before this date (YYYY-MM-DD).")
     ] = None,
-    taken_at: Annotated[
-        str | None, Form(max_length=40, pattern=TAKEN_AT_FORM, description=META_HELP["taken_at"])
-    ] = None,
-    latitude: Annotated[float | None, Form(ge=-90, le=90, description=META_HELP["latitude"])] = None,
-    longitude: Annotated[float | None, Form(ge=-180, le=180, description=META_HELP["longitude"])] = None,
-    location: Annotated[str | None, Form(max_length=200, description=META_HELP["location"])] = None,
-    encounter_id: Annotated[str | None, Form(max_length=100, description=META_HELP["encounter_id"])] = None,
-    photographer: Annotated[str | None, Form(max_length=200, description=META_HELP["photographer"])] = None,
-    notes: Annotated[str | None, Form(max_length=2000, description=META_HELP["notes"])] = None,
 ) -> dict:
     """Embed the photo through its TTA boxes (multi-box TTA) and return the top-k identities of the gallery,
     with `new_whale` inserted at the first rank whose score falls below the threshold.
@@ -93,18 +85,7 @@ async def identify(
     Example: `curl -F file=@fluke.jpg http://127.0.0.1:8000/identify`
     """
     form = await request.form()  # the form FastAPI already parsed (cached)
-    meta = parse_metadata(
-        dict(
-            taken_at=taken_at,
-            latitude=latitude,
-            longitude=longitude,
-            location=location,
-            encounter_id=encounter_id,
-            photographer=photographer,
-            notes=notes,
-        )
-    )
-    other = sorted({key for key in form if key != "file" and key not in PhotoMetadata.model_fields})
+    other = sorted({key for key in form if key != "file" and key not in METADATA_FIELDS})
     if other:
         options = [key for key in other if key in QUERY_OPTIONS]
         raise InvalidRequestError(
