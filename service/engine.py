@@ -107,10 +107,11 @@ class WhaleService:
             t0 = time.perf_counter()
             await to_thread.run_sync(descriptors.sync)
             log.info(
-                "descriptor index ready: %d photos, %d descriptors (%s) in %.1f s",
+                "descriptor index ready: %d photos, %d descriptors (%s, %s) in %.1f s",
                 len(descriptors),
                 descriptors.n_descriptors,
                 descriptors.built_factory,
+                descriptors.origin,
                 time.perf_counter() - t0,
             )
 
@@ -122,6 +123,9 @@ class WhaleService:
             self.gallery.save()
         except Exception:  # noqa: BLE001 - the store is the truth; a missing snapshot is rebuilt
             log.exception("could not save the gallery snapshot at shutdown")
+        descriptors = getattr(self.matcher, "descriptors", None)
+        if descriptors is not None:  # the LNBNN index as it now is, so the next start loads it (a cache too)
+            await to_thread.run_sync(descriptors.save)
         self.gallery.close()
 
     def update_gauges(self) -> None:

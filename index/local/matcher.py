@@ -8,12 +8,16 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.errors import CorruptArtifactError
 from core.manifest import LocalFeatureSpec
 from index.local.features import LocalFeatures, blob_crc, decode_features
 from index.local.match import MatchResult, _no_match, match
+
+#: The LNBNN descriptor index's file in the gallery folder (a cache: :class:`index.lnbnn.DescriptorIndex`).
+DESCRIPTOR_INDEX_FILE = "descriptors.faiss"
 
 if TYPE_CHECKING:  # index.gallery imports faiss; this module must not need it
     from index.gallery import Gallery
@@ -82,12 +86,16 @@ class LocalMatcher:
         if spec.matcher == "lnbnn":
             from index.lnbnn import DescriptorIndex  # imports faiss
 
+            folder = getattr(gallery, "folder", None)
             self.descriptors = DescriptorIndex(
                 gallery.store,
                 lambda image_id, blob: self._decoded(image_id, blob).descriptors,
                 spec.descriptor_factory,
                 spec.lnbnn_k,
                 spec.nprobe,
+                path=None if folder is None else Path(folder) / DESCRIPTOR_INDEX_FILE,
+                # what the stored blobs hold: another extractor setting means other descriptors
+                fingerprint=f"{spec.detector}/{spec.n_keypoints}/{spec.crop_width_px}",
             )
 
     def close(self) -> None:
