@@ -25,7 +25,7 @@ from index import modes
 from index.build import FOLDER_LIMITS
 from index.evaluate import evaluate_rankings
 from index.gallery import Gallery, Hit
-from index.ranking import DEFAULT_NEW_WHALE_SHARE
+from index.ranking import DEFAULT_NEW_WHALE_SHARE, NEW_WHALE
 
 if TYPE_CHECKING:
     from index.embedder import PhotoEmbedder
@@ -44,8 +44,9 @@ def pairs_of(
     evidence: Sequence[modes.Evidence], idx, mode: modes.ScoringMode, manifest: Manifest, truths
 ) -> modes.Pairs:
     """The genuine/impostor pairs of ``mode``'s candidates for the queries ``idx``."""
-    same, cos, inl, lb = [], [], [], []
-    for i in idx:
+    same, cos, inl, lb, query = [], [], [], [], []
+    idx = list(idx)
+    for q, i in enumerate(idx):
         ev = evidence[i]
         ids = mode.candidates(ev, manifest, RANK_K)
         c = ev.cosines(ids)
@@ -54,6 +55,7 @@ def pairs_of(
             cos.append(c[ident])
             inl.append(ev.inliers(ident))
             lb.append(ev.lnbnn_of(ident) or 0.0)
+            query.append(q)
     lnbnn_known = bool(evidence) and evidence[0].lnbnn is not None
     extra: dict[str, list] = {}
     for i in idx:
@@ -66,6 +68,8 @@ def pairs_of(
         np.asarray(inl, float),
         np.asarray(lb, float) if lnbnn_known else None,
         {name: np.asarray(v, float) for name, v in extra.items()},
+        np.asarray(query, np.int64),
+        np.array([truths[i] == NEW_WHALE for i in idx], bool),
     )
 
 
@@ -102,7 +106,8 @@ def study_modes(
     Returns:
         ``reports`` (mode -> :class:`~index.evaluate.EvalReport`), ``params`` (mode -> coefficients
         fitted on all queries, or None), ``seconds_per_query_local`` (local matching added per query),
-        ``pairs`` (pairs of the last mode fitted), ``matcher``.
+        ``pairs`` (pairs of the last mode fitted), ``matcher``, ``evidence`` (each query's
+        :class:`~index.modes.Evidence`, in query order).
 
     Raises:
         ConfigError: an unknown mode name.
@@ -176,4 +181,29 @@ def study_modes(
         "seconds_per_query_local": t_local / max(len(names), 1),
         "pairs": n_pairs,
         "matcher": spec.matcher if spec is not None else None,
+        "evidence": evidence,
     }
+
+
+def evidence_record(name: str, truth: str, ev: modes.Evidence, shortlist_k: int) -> dict:
+    """One query's evidence as JSON-ready data (``compare-modes --evidence-out``), for studying fusion offline.
+
+    Returns:
+        ``{"image", "truth", "embedding": [[whale_id, cosine], ...] (the first ``shortlist_k`` of the
+        embedding ranking), "verified": [[whale_id, inliers, cosine], ...] (RANSAC-verified identities),
+        "lnbnn": [[whale_id, score], ...] (voted identities, best first; absent with brute force)}``;
+        mirror identities are left out.
+    """
+    short = [h for h in ev.ranking if h.identity_id in ev.names][:shortlist_k]
+    verified = ev.verified
+    cos = ev.cosines(verified)
+    out = {
+        "image": name,
+        "truth": truth,
+        "embedding": [[ev.names[h.identity_id], round(float(h.score), 6)] for h in short],
+        "verified": [[ev.names[i], ev.inliers(i), round(cos[i], 6)] for i in verified],
+    }
+    if ev.lnbnn is not None:
+        voted = sorted(((s, i) for i, s in ev.lnbnn.items() if i in ev.names), key=lambda t: -t[0])
+        out["lnbnn"] = [[ev.names[i], round(float(s), 6)] for s, i in voted]
+    return out

@@ -94,8 +94,9 @@ def test_build_gallery_calibrate_evaluate(synth_bundle):
     rep = cli_json("calibrate", bundle, "--images", data / "images", "--labels", data / "queries.csv")
     assert rep["queries"] == len(rest) + 6 and rep["queries_new_whale"] == 6
     assert load_manifest(bundle).thresholds["embedding"].value == pytest.approx(rep["saved_threshold"])
+    single = {}
     for mode in ("local", "fused"):
-        rep = cli_json(
+        rep = single[mode] = cli_json(
             "calibrate", bundle, "--images", data / "images", "--labels", data / "queries.csv", "--mode", mode
         )
         m = load_manifest(bundle)
@@ -103,8 +104,32 @@ def test_build_gallery_calibrate_evaluate(synth_bundle):
         # each mode saves its own coefficients: local's calibration, fused's fusion
         saved = m.local_features.calibration if mode == "local" else m.local_features.fusion
         assert list(saved) == pytest.approx(rep["params"]) and len(rep["params"]) == (3 if mode == "local" else 4)
-    cmp = cli_json("compare-modes", bundle, "--images", data / "images", "--labels", data / "queries.csv")
+    # one pass calibrates several modes, with the figures and coefficients of one mode at a time
+    from whaleid.workflows import calibrate_modes
+
+    both = calibrate_modes(bundle, data / "images", data / "queries.csv", mode_names=("embedding", "local"))
+    m = load_manifest(bundle)
+    assert set(both) == {"embedding", "local"}
+    assert (both["local"]["map5"], both["local"]["params"]) == (single["local"]["map5"], single["local"]["params"])
+    for name, got in both.items():
+        assert m.thresholds[name].value == pytest.approx(got["saved_threshold"])
+    assert list(m.local_features.calibration) == pytest.approx(both["local"]["params"])
+    evidence = data / "evidence.jsonl"
+    cmp = cli_json(
+        "compare-modes", bundle, "--images", data / "images", "--labels", data / "queries.csv",
+        "--evidence-out", evidence,
+    )  # fmt: skip
     assert {"embedding", "local", "fused"} <= set(cmp)
+    records = [json.loads(line) for line in evidence.read_text().splitlines()]
+    assert len(records) == cmp["local"]["queries"] == len(rest) + 6
+    for r in records:  # the embedding's shortlist best first; verified whales with their inliers
+        cosines = [c for _, c in r["embedding"]]
+        assert cosines == sorted(cosines, reverse=True) and len(cosines) == min(50, 12)
+        assert all(n >= 0 for _, n, _ in r["verified"]) and "lnbnn" in r
+    # the whale with the most inliers is the truth for most known queries, as local's top-1 says
+    known = [r for r in records if r["truth"] != "new_whale"]
+    best = [max(r["verified"], key=lambda v: v[1])[0] if r["verified"] else None for r in known]
+    assert sum(b == r["truth"] for b, r in zip(best, known, strict=True)) >= 0.5 * len(known)
     # synthetic flukes are views of one pattern: local matching finds most of them
     assert cmp["local"]["top1_known"] >= 0.5
     assert cmp["matcher"] == "lnbnn" and cmp["verify_k"] == 50

@@ -127,6 +127,9 @@ def compare_modes(
         str | None, typer.Option(help="Local matcher: lnbnn or brute_force (default: the bundle's).")
     ] = None,
     verify_k: Annotated[int | None, typer.Option(help="lnbnn: best-voted photos verified by RANSAC.")] = None,
+    evidence_out: Annotated[
+        Path | None, typer.Option(help="Write each query's evidence (shortlist, votes, inliers) as JSON lines.")
+    ] = None,
 ) -> None:
     """Top-1 and MAP@5 of the embedding, local and fused scoring modes on the same labelled queries."""
     _setup_logging()
@@ -142,6 +145,7 @@ def compare_modes(
             fused_ks=tuple(shortlist_k or ()),
             matcher=matcher,
             verify_k=verify_k,
+            evidence_out=evidence_out,
         )
     )
 

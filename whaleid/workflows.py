@@ -161,21 +161,53 @@ def calibrate(
 
     ``shortlist_k`` (``fused`` only) sets the number of embedding-ranked identities that ``fused``
     re-ranks, ``matcher`` and ``verify_k`` (``local``/``fused``) the local matcher; each is saved in
-    the manifest with the calibration fitted for it.
+    the manifest with the calibration fitted for it. :func:`calibrate_modes` does several modes at once.
+    """
+    out = calibrate_modes(
+        bundle, images, labels, boxes, rule, share, [mode], gallery_dir, progress, shortlist_k, matcher, verify_k
+    )
+    return out[mode]
+
+
+def calibrate_modes(
+    bundle,
+    images,
+    labels,
+    boxes=None,
+    rule="max_map5",
+    share=DEFAULT_NEW_WHALE_SHARE,
+    mode_names=("embedding",),
+    gallery_dir=None,
+    progress=True,
+    shortlist_k: int | None = None,
+    matcher: str | None = None,
+    verify_k: int | None = None,
+) -> dict[str, dict]:
+    """:func:`calibrate` for several scoring modes on one pass over the photos: each photo is embedded,
+    and its local features extracted and matched, once for all of them (``whaleid quickstart`` calibrates
+    ``embedding`` and ``fused`` so). Returns ``mode -> calibrate's result``; each mode's threshold and
+    coefficients are saved in the manifest.
+
+    Raises:
+        ConfigError: an unknown rule or mode, options a mode cannot take, a mode needing local features
+            the bundle lacks, an empty gallery, or no usable photo.
     """
     if rule not in ("max_map5", "new_whale_share"):
         raise ConfigError(f"rule must be max_map5 or new_whale_share, got {rule!r}")
     manifest = load_manifest(bundle)
-    scoring = modes.get(mode)
-    if scoring.needs_local_features and manifest.local_features is None:
-        raise ConfigError(f"mode {mode!r} needs local features: run `whaleid build-gallery --local-features` first")
+    chosen = [modes.get(m) for m in dict.fromkeys(mode_names)]
+    for scoring in chosen:
+        if scoring.needs_local_features and manifest.local_features is None:
+            raise ConfigError(
+                f"mode {scoring.name!r} needs local features: run `whaleid build-gallery --local-features` first"
+            )
     if shortlist_k is not None:
-        if mode != "fused" or shortlist_k < 1:
+        if shortlist_k < 1 or any(m.name != "fused" for m in chosen):
             raise ConfigError("--shortlist-k is a positive number of identities, for --mode fused only")
         spec = manifest.local_features.model_copy(update={"shortlist_k": shortlist_k})
         manifest = manifest.model_copy(update={"local_features": spec})
     if matcher is not None or verify_k is not None:
-        if not scoring.needs_local_features:
+        if not all(m.needs_local_features for m in chosen):
             raise ConfigError("--matcher and --verify-k are for modes with local features (local, fused)")
         manifest = _with_matcher(manifest, matcher, verify_k)
     opened = open_bundle(bundle, gallery_dir, manifest)
@@ -189,25 +221,40 @@ def calibrate(
         raise ConfigError("no usable validation photo (all enrolled or unreadable)")
     boxes_of = {img: box for img, _, box in rows}
     study = study_modes(
-        manifest, gallery, embedder, images, names, truths, embs, boxes_of, [mode], share, rule, progress
+        manifest,
+        gallery,
+        embedder,
+        images,
+        names,
+        truths,
+        embs,
+        boxes_of,
+        [m.name for m in chosen],
+        share,
+        rule,
+        progress,
     )
     gallery.close()
-    report, params = study["reports"][mode], study["params"][mode]
-    if params is not None:
-        manifest = scoring.with_params(manifest, params)
     thresholds = dict(manifest.thresholds)
-    thresholds[mode] = ThresholdSpec(
-        value=report.threshold,
-        rule=rule,
-        new_whale_share=share if rule == "new_whale_share" else None,
-        val_map5=report.map5,
-    )
+    results: dict[str, dict] = {}
+    for scoring in chosen:
+        mode = scoring.name
+        report, params = study["reports"][mode], study["params"][mode]
+        if params is not None:
+            manifest = scoring.with_params(manifest, params)
+        thresholds[mode] = ThresholdSpec(
+            value=report.threshold,
+            rule=rule,
+            new_whale_share=share if rule == "new_whale_share" else None,
+            val_map5=report.map5,
+        )
+        out = report.as_dict()
+        out.update(mode=mode, skipped_enrolled=skipped, saved_threshold=report.threshold)
+        if params is not None:
+            out["params"] = list(params)
+        results[mode] = out
     manifest.model_copy(update={"thresholds": thresholds}).save(bundle)
-    out = report.as_dict()
-    out.update(mode=mode, skipped_enrolled=skipped, saved_threshold=report.threshold)
-    if params is not None:
-        out["params"] = list(params)
-    return out
+    return results
 
 
 def evaluate(
@@ -331,11 +378,13 @@ def compare_modes(
     fused_ks=(),
     matcher: str | None = None,
     verify_k: int | None = None,
+    evidence_out: Path | None = None,
 ) -> dict:
     """Top-1 and MAP@5 of every scoring mode the bundle can serve, on the same labelled queries (see
     :func:`index.study.study_modes`); ``max_queries`` draws a seeded random subset (``local`` matches every
     gallery photo, about 1 to 2 ms a pair on one core); ``fused_ks`` adds ``fused@K`` rows for other
-    shortlist sizes (0 = every identity)."""
+    shortlist sizes (0 = every identity); ``evidence_out`` writes each query's evidence as one JSON line
+    (:func:`index.study.evidence_record`)."""
     manifest = load_manifest(bundle)
     if manifest.local_features is None:
         raise ConfigError("the bundle has no local features: run `whaleid build-gallery --local-features` first")
@@ -351,6 +400,13 @@ def compare_modes(
     study = study_modes(
         manifest, gallery, embedder, images, names, truths, embs, boxes_of, progress=progress, fused_ks=fused_ks
     )
+    if evidence_out is not None:
+        from index.study import evidence_record
+
+        with Path(evidence_out).open("w") as fh:
+            for name, truth, ev in zip(names, truths, study["evidence"], strict=True):
+                record = evidence_record(name, truth, ev, manifest.local_features.shortlist_k)
+                fh.write(json.dumps(record) + "\n")
     gallery.close()
     out = {
         mode: {

@@ -47,6 +47,7 @@ from index.local.calibration import (
     fit_logistic,
     fused_score,
     fused_scores,
+    fusion_for_map5,
     local_score,
     local_scores,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "fit_logistic",
     "fused_score",
     "fused_scores",
+    "fusion_for_map5",
     "local_score",
     "local_scores",
     "match",

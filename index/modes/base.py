@@ -166,6 +166,8 @@ class Pairs:
         same_whale: ``(n,) bool`` the candidate is the query's whale.
         cosine, inliers, lnbnn: ``(n,) float64`` the pair's embedding cosine, RANSAC inliers and LNBNN
             score (0 where not measured); ``lnbnn`` is None with the brute-force matcher.
+        query: ``(n,) int64`` the query of each pair (``0 .. q-1``), or None when unknown.
+        query_is_new: ``(q,) bool`` the query is a new whale (its whale is not in the gallery), or None.
     """
 
     same_whale: np.ndarray
@@ -174,6 +176,8 @@ class Pairs:
     lnbnn: np.ndarray | None
     #: other features of a mode's own (:meth:`ScoringMode.pair_features`), ``name -> (n,) float64``
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    query: np.ndarray | None = None
+    query_is_new: np.ndarray | None = None
 
 
 class ScoringMode:

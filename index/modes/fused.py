@@ -1,13 +1,14 @@
 """``fused``: the embedding's ``shortlist_k`` identities joined by the identities LNBNN verified,
 re-ranked by ``sigmoid(w_e * cosine + w_l * log1p(inliers) + bias [+ w_v * lnbnn])``
-(:func:`index.local.fused_scores`; WildFusion, Cermak et al. 2024)."""
+(:func:`index.local.fused_scores`; WildFusion, Cermak et al. 2024), the cosine's weight chosen for the
+MAP@5 it ranks at (:func:`index.local.fusion_for_map5`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from core.manifest import Manifest
-from index.local.calibration import calibrate_from_pairs, fused_scores, local_scores
+from index.local.calibration import calibrate_from_pairs, fused_scores, fusion_for_map5, local_scores
 from index.modes.base import Evidence, MatchScope, Pairs, RankedIdentity, ScoringMode, local_entry, register
 
 
@@ -47,9 +48,22 @@ class FusedMode(ScoringMode):
         return manifest.local_features.fusion
 
     def fit(self, pairs: Pairs, manifest: Manifest):
+        """The cosine's weight chosen by MAP@5 over the queries (:func:`index.local.fusion_for_map5`) when
+        the pairs know their queries; else a logistic fit on the pairs alone (WildFusion's)."""
         if not 0 < pairs.same_whale.sum() < len(pairs.same_whale):
             return None
         spec = manifest.local_features
+        if pairs.query is not None and pairs.query_is_new is not None:
+            fusion, _w, _map5 = fusion_for_map5(
+                pairs.cosine,
+                pairs.inliers,
+                pairs.same_whale,
+                pairs.query,
+                pairs.query_is_new,
+                lnbnn=pairs.lnbnn,
+                lnbnn_weight=spec.lnbnn_weight,
+            )
+            return fusion
         return calibrate_from_pairs(
             pairs.inliers, pairs.same_whale, pairs.cosine, lnbnn=pairs.lnbnn, lnbnn_weight=spec.lnbnn_weight
         ).fusion

@@ -7,6 +7,7 @@ import math
 import threading
 from types import SimpleNamespace
 
+import faiss
 import numpy as np
 import pytest
 from test_local import QUERY, WARP, WARPED, texture, water
@@ -21,6 +22,8 @@ from index.local import (
     calibrate_from_pairs,
     decode_features,
     fused_score,
+    fused_scores,
+    fusion_for_map5,
     local_score,
 )
 from index.store import NewImage
@@ -77,7 +80,12 @@ def test_auto_factory_grows_with_the_gallery():
     assert auto_factory(2_008) == "IVF32,PQ64x4fs"  # sqrt(2008) = 44.8 -> 32 (2^5.49)
     assert auto_factory(100_000) == "IVF256,PQ64x4fs"  # sqrt(1e5) = 316 -> 256
     assert auto_factory(800_000) == "IVF1024,PQ64x4fs"  # sqrt(8e5) = 894 -> 1024
-    assert auto_factory(40_000_000) == "IVF2048,PQ64x4fs"  # sqrt(4e7) = 6325 -> 8192, capped
+    assert auto_factory(2_000_000) == "IVF1024,PQ64x4fs"  # sqrt(2e6) = 1414 -> 1024 (2^10.47): still flat
+    # past 1,024 flat lists: 2 sqrt(n) lists behind an HNSW coarse quantiser, at most 16,384
+    assert auto_factory(2_200_000) == "IVF4096_HNSW32,PQ64x4fs"  # sqrt = 1483 (2^10.53); 2 sqrt = 2966 -> 2^11.53
+    assert auto_factory(8_000_000) == "IVF4096_HNSW32,PQ64x4fs"  # 2 sqrt(8e6) = 5657 -> 4096 (2^12.47)
+    assert auto_factory(40_000_000) == "IVF16384_HNSW32,PQ64x4fs"  # 2 sqrt(4e7) = 12649 -> 16384 (2^13.63)
+    assert auto_factory(4_000_000_000) == "IVF16384_HNSW32,PQ64x4fs"  # 126,491 -> 131,072, capped
 
 
 def _photo(sha: str, emb, pixels, extractor, box=None) -> NewImage:
@@ -158,6 +166,56 @@ def test_ivf_pq_factory_trains_once_it_can_and_removes_by_id_range(six_whales):
         DescriptorIndex(g.store, _decode, "IVF8,NotAnIndex")
 
 
+def test_hnsw_coarse_quantiser_builds_searches_and_counts_its_graph(six_whales):
+    """The factory ``auto`` takes past 2,048 lists, at a size this test can train (16 lists)."""
+    g, extractor, _ = six_whales
+    flat = DescriptorIndex(g.store, _decode, "IVF16,PQ64x4fs", k=4, nprobe=4)
+    hnsw = DescriptorIndex(g.store, _decode, "IVF16_HNSW32,PQ64x4fs", k=4, nprobe=4)
+    query = extractor.extract(QUERY).descriptors
+    a, b = flat.votes(query), hnsw.votes(query)
+    assert hnsw.built_factory == "IVF16_HNSW32,PQ64x4fs"
+    assert a.identity_ids[0] == b.identity_ids[0] == g.store.identity_id("W3")
+    # the same codes and ids; the HNSW graph over 16 centroids adds its neighbour slots (int32) and offsets
+    graph = faiss.downcast_index(faiss.extract_index_ivf(hnsw._index).quantizer).hnsw
+    assert hnsw.memory_bytes() - flat.memory_bytes() == graph.neighbors.size() * 4 + graph.offsets.size() * 8 > 0
+    total, w3 = hnsw.n_descriptors, g.store.identity_id("W3")
+    g.remove_identity("W3")  # removal by id range works behind the graph too
+    assert w3 not in hnsw.votes(query).identity_ids.tolist() and hnsw.n_descriptors == total - SPEC.n_keypoints
+
+
+def test_saved_index_is_adopted_brought_in_step_and_rebuilt_when_it_does_not_fit(six_whales, tmp_path, caplog):
+    g, extractor, _ = six_whales
+    query = extractor.extract(QUERY).descriptors
+    path = tmp_path / "cache" / "descriptors.faiss"
+    first = DescriptorIndex(g.store, _decode, "auto", k=4, path=path, fingerprint="sift/400/512")
+    want = first.votes(query)
+    assert first.origin == "built" and path.is_file() and path.with_name("descriptors.faiss.json").is_file()
+    assert first.save() is None  # nothing changed since the build wrote it
+
+    again = DescriptorIndex(g.store, _decode, "auto", k=4, path=path, fingerprint="sift/400/512")
+    got = again.votes(query)
+    assert again.origin == "loaded" and again.built_factory == first.built_factory
+    np.testing.assert_array_equal(got.image_ids, want.image_ids)
+    np.testing.assert_allclose(got.scores, want.scores)
+
+    # the store moves on while nobody runs: the next start adopts the file and adds only the new photo
+    g.add("W6", [_photo("W6", np.ones(4), QUERY, extractor)])
+    later = DescriptorIndex(g.store, _decode, "auto", k=4, path=path, fingerprint="sift/400/512")
+    votes = later.votes(query)
+    assert later.origin == "loaded" and votes.identity_ids[0] == g.store.identity_id("W6")
+    assert later.n_descriptors == first.n_descriptors + len(query)
+    assert later.save() == path  # the grown index replaces the file
+
+    # other descriptors (another extractor setting) or a damaged file: rebuilt, never an error
+    other = DescriptorIndex(g.store, _decode, "auto", k=4, path=path, fingerprint="sift/800/512")
+    assert other.votes(query).identity_ids[0] == g.store.identity_id("W6") and other.origin == "built"
+    path.write_bytes(b"not a faiss index")
+    broken = DescriptorIndex(g.store, _decode, "auto", k=4, path=path, fingerprint="sift/800/512")
+    with caplog.at_level("WARNING", logger="index.lnbnn"):
+        assert broken.votes(query).identity_ids[0] == g.store.identity_id("W6")
+    assert broken.origin == "built" and "unreadable" in caplog.text
+
+
 def _rank(mode, gallery, matcher, query, shortlist=(), k=5, explain=False, embedding=None):
     """A scoring mode's ranking through the registry, as the service runs it."""
     manifest = SimpleNamespace(local_features=matcher.spec)
@@ -224,6 +282,33 @@ def test_lnbnn_evidence_in_the_scores_and_calibration_by_hand():
     assert len(plain.calibration) == 2 and len(plain.fusion) == 3
     spec = LocalFeatureSpec(calibration=cal.calibration, fusion=cal.fusion)  # fits the manifest
     assert spec.calibration == cal.calibration and spec.fusion == cal.fusion
+
+
+def test_fused_weight_is_chosen_for_the_ranking_by_hand():
+    """Three queries worked by hand. Q0 (whale A): A has cosine 0.9 and no inliers, B cosine 0.1 and 3
+    inliers (e = log 4 = 1.386): A leads once 0.9 w > 0.1 w + 1.386, i.e. w > 1.73. Q1 (whale C): C has
+    cosine 0.2 and 20 inliers (e = log 21 = 3.045), D cosine 0.8: C leads while 0.6 w < 3.045, w < 5.07.
+    Q2 is a new whale (E: cosine 0.3, 1 inlier; F: cosine 0.2). The smallest weight of the grid that ranks
+    both known whales first is 2.0 (1.5 puts B before A); new_whale then goes first for Q2 at a threshold
+    between its best score 0.6 + log 2 = 1.29 and the known queries' 1.8 and 3.44: MAP@5 1."""
+    cos = [0.9, 0.1, 0.2, 0.8, 0.3, 0.2]
+    inliers = [0, 3, 20, 0, 1, 0]
+    same = [True, False, True, False, False, False]
+    query = [0, 0, 1, 1, 2, 2]
+    fusion, w, map5 = fusion_for_map5(cos, inliers, same, query, [False, False, True])
+    assert (w, map5) == (2.0, 1.0)
+    a = fusion[1]
+    assert len(fusion) == 3 and a > 0 and fusion[0] == pytest.approx(2.0 * a)
+    # the scores rank as the weight does: A above B for Q0, C above D for Q1
+    z = fused_scores(cos, inliers, fusion)
+    assert z[0] > z[1] and z[2] > z[3]
+    # with LNBNN scores the evidence is log1p(inliers) + 4 lnbnn, and w_v = 4 a
+    fusion4, w4, _ = fusion_for_map5(cos, inliers, same, query, [False, False, True], lnbnn=[0.0] * 6)
+    assert w4 == 2.0 and len(fusion4) == 4 and fusion4[3] == pytest.approx(4.0 * fusion4[1])
+    with pytest.raises(ValueError, match="genuine and impostor"):
+        fusion_for_map5(cos, inliers, [False] * 6, query, [False, False, True])
+    with pytest.raises(ValueError, match="query indices"):
+        fusion_for_map5(cos, inliers, same, [0, 0, 1, 1, 2, 3], [False, False, True])
 
 
 def test_queries_do_not_wait_behind_a_sync_in_progress(six_whales, tmp_path):
