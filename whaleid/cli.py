@@ -184,7 +184,7 @@ def calibrate(
             rule,
             share,
             mode,
-            gallery_dir,
+            gallery_dir=gallery_dir,
             shortlist_k=shortlist_k,
             matcher=matcher,
             verify_k=verify_k,

@@ -144,29 +144,14 @@ def _queries_against(gallery: Gallery, embedder: PhotoEmbedder, images, rows, pr
 
 
 def calibrate(
-    bundle,
-    images,
-    labels,
-    boxes=None,
-    rule="max_map5",
-    share=DEFAULT_NEW_WHALE_SHARE,
-    mode="embedding",
-    gallery_dir=None,
-    progress=True,
-    shortlist_k: int | None = None,
-    matcher: str | None = None,
-    verify_k: int | None = None,
+    bundle, images, labels, boxes=None, rule="max_map5", share=DEFAULT_NEW_WHALE_SHARE, mode="embedding", **options
 ) -> dict:
     """``whaleid calibrate``: choose the new_whale threshold of ``mode`` on labelled photos; save it.
 
-    ``shortlist_k`` (``fused`` only) sets the number of embedding-ranked identities that ``fused``
-    re-ranks, ``matcher`` and ``verify_k`` (``local``/``fused``) the local matcher; each is saved in
-    the manifest with the calibration fitted for it. :func:`calibrate_modes` does several modes at once.
+    ``options`` are :func:`calibrate_modes`'s (``gallery_dir``, ``progress``, ``shortlist_k``, ``matcher``,
+    ``verify_k``), which does several modes at once.
     """
-    out = calibrate_modes(
-        bundle, images, labels, boxes, rule, share, [mode], gallery_dir, progress, shortlist_k, matcher, verify_k
-    )
-    return out[mode]
+    return calibrate_modes(bundle, images, labels, boxes, rule, share, [mode], **options)[mode]
 
 
 def calibrate_modes(
@@ -187,6 +172,10 @@ def calibrate_modes(
     and its local features extracted and matched, once for all of them (``whaleid quickstart`` calibrates
     ``embedding`` and ``fused`` so). Returns ``mode -> calibrate's result``; each mode's threshold and
     coefficients are saved in the manifest.
+
+    ``shortlist_k`` (``fused`` only) sets the number of embedding-ranked identities that ``fused``
+    re-ranks, ``matcher`` and ``verify_k`` (``local``/``fused``) the local matcher; each is saved in
+    the manifest with the calibration fitted for it.
 
     Raises:
         ConfigError: an unknown rule or mode, options a mode cannot take, a mode needing local features
