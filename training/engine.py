@@ -275,7 +275,8 @@ def _run_stage(run: _Run, st: _Stage) -> None:
             and epoch + 1 < st.n_epochs
         ):
             report = _evaluate(run.emb, cfg, run.split, run.device, run.run_dir, run.progress)
-            run.metrics.write(stage=st.spec.name, epoch=epoch, step=run.global_step, val_map5=round(report.map5, 5))
+            if report is not None:
+                run.metrics.write(stage=st.spec.name, epoch=epoch, step=run.global_step, val_map5=round(report.map5, 5))
     bar.close()
 
 
@@ -283,8 +284,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, evaluat
     """Train an embedding network as ``cfg`` says; returns the run folder.
 
     Writes ``config.yaml``, ``split.json``, ``metrics.csv``, ``checkpoints/last.pt`` (resumable)
-    and ``checkpoints/final.pt``, and, when ``evaluate_at_end``, ``eval.json`` (validation MAP@5 and
-    the new_whale threshold chosen by both rules).
+    and ``checkpoints/final.pt``, and, when ``evaluate_at_end`` and the split holds validation photos,
+    ``eval.json`` (validation MAP@5 and the new_whale threshold chosen by both rules).
 
     Raises:
         FileNotFoundError: ``resume`` without a checkpoint. FloatingPointError: a non-finite loss.
@@ -354,7 +355,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, evaluat
         )
         if evaluate_at_end:
             report = _evaluate(emb, cfg, split, device, run_dir, progress)
-            run.metrics.write(stage="final", epoch="", step=run.global_step, val_map5=round(report.map5, 5))
+            if report is not None:
+                run.metrics.write(stage="final", epoch="", step=run.global_step, val_map5=round(report.map5, 5))
     if ddp.world > 1:
         dist.barrier()
     return run_dir
@@ -402,8 +404,13 @@ def _checkpoint(run: _Run, st: _Stage, epoch: int, step_in_epoch: int) -> None:
 
 
 def _evaluate(emb: EmbeddingNet, cfg: TrainConfig, split: Split, device, run_dir: Path, progress: bool):
+    """Evaluate on the split's validation queries and write ``eval.json``; ``None`` (nothing written) when
+    the split holds no query (every ``data.val_*`` fraction 0: training on every photo)."""
     from training.evaluate import evaluate_model
 
+    if not split.queries():
+        log.info("no validation photos (data.val_* fractions are 0): evaluation skipped, no eval.json")
+        return None
     report = evaluate_model(emb, cfg, split, device, progress=progress)
     atomic_write_json(run_dir / "eval.json", report.as_dict())
     log.info(

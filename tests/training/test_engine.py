@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -81,6 +82,21 @@ def test_full_tiny_run_has_two_stages_and_evaluates(tiny_data, tmp_path):
     assert (run / "eval.json").exists() and (run / "config.yaml").exists() and (run / "split.json").exists()
     stages = {line.split(",")[1] for line in (run / "metrics.csv").read_text().splitlines()[1:]}
     assert {"s1", "s2", "final"} <= stages
+
+
+def test_training_on_every_photo_skips_evaluation(tiny_data, tmp_path):
+    # the starter model's final recipe: every data.val_* fraction 0, so no photo is held out
+    zero = {"data.val_open_fraction": 0, "data.val_closed_fraction": 0, "data.val_new_whale_fraction": 0}
+    run = train(
+        load_config("configs/cpu-small.yaml", tiny_overrides(tiny_data, tmp_path / "all", max_steps=2, **zero)),
+        progress=False,
+    )
+    split = json.loads((run / "split.json").read_text())
+    named = [r for r in (tiny_data / "train.csv").read_text().splitlines()[1:] if not r.endswith(",new_whale")]
+    assert sorted(r[0] for r in split["train"]) == sorted(r.split(",")[0] for r in named)  # every named photo
+    assert not split["val_closed"] and not split["val_open"] and not split["val_new_whale"]
+    assert (run / CHECKPOINT_DIR / FINAL).exists() and not (run / "eval.json").exists()
+    assert "final" not in {line.split(",")[1] for line in (run / "metrics.csv").read_text().splitlines()[1:]}
 
 
 @pytest.mark.slow
