@@ -168,6 +168,13 @@ class TTAPolicy(BaseModel):
         """One box only (the base box, or the full frame): no TTA."""
         return cls(base=base, boxes=(TTABox(),), fallback=(TTABox(),))
 
+    def first(self, n: int | None) -> TTAPolicy:
+        """The policy with only its first ``n`` boxes and fallback crops (itself when ``n`` is None or
+        no smaller than either list): how a gallery with ``enrol_boxes`` embeds an enrolled photo."""
+        if n is None or (n >= len(self.boxes) and n >= len(self.fallback)):
+            return self
+        return TTAPolicy(base=self.base, boxes=self.boxes[: max(1, n)], fallback=self.fallback[: max(1, n)])
+
     def describe(self, has_box: bool) -> str:
         """Human-readable description for ``/ready`` and logs."""
         specs = self.boxes if has_box else self.fallback

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.manifest import MANIFEST_NAME, Manifest, load_manifest
-from index.embedder import OnnxModel, PhotoEmbedder, load_embedder_model
+from index.embedder import CPU_BATCH_BOXES, GPU_BATCH_BOXES, OnnxModel, PhotoEmbedder, load_embedder_model
 
 if TYPE_CHECKING:
     from core.preprocess import DecodeLimits
@@ -34,7 +34,9 @@ def gallery_folder(bundle: str | Path, manifest: Manifest, gallery_dir: str | Pa
 def bundle_embedder(
     bundle: str | Path, manifest: Manifest, providers: list[str] | None = None, intra_op_threads: int | None = None
 ) -> PhotoEmbedder:
-    """The bundle's :class:`PhotoEmbedder` on onnxruntime (with its detector, when it has one).
+    """The bundle's :class:`PhotoEmbedder` on onnxruntime (with its detector, when it has one), packing
+    :data:`~index.embedder.GPU_BATCH_BOXES` boxes per network call on CUDA, else
+    :data:`~index.embedder.CPU_BATCH_BOXES`.
 
     Raises:
         CorruptArtifactError, ManifestMismatchError: a model file missing, altered or unlike the manifest.
@@ -45,7 +47,9 @@ def bundle_embedder(
         from index.detector import OnnxBoxDetector
 
         detector = OnnxBoxDetector.from_bundle(bundle, manifest, providers)
-    return PhotoEmbedder(model, manifest.preprocess, manifest.tta, detector)
+    on_gpu = model.providers[:1] == ["CUDAExecutionProvider"]
+    batch = GPU_BATCH_BOXES if on_gpu else CPU_BATCH_BOXES
+    return PhotoEmbedder(model, manifest.preprocess, manifest.tta, detector, batch_boxes=batch)
 
 
 @dataclass
@@ -65,6 +69,11 @@ class OpenBundle:
     embedder: PhotoEmbedder
     gallery_dir: Path
     gallery: Gallery
+
+    @property
+    def enrol_embedder(self) -> PhotoEmbedder:
+        """The embedder of enrolled photos (the manifest's ``gallery.enrol_boxes`` first TTA boxes)."""
+        return self.embedder.for_enrolment(self.manifest.gallery.enrol_boxes)
 
     @property
     def model(self) -> OnnxModel:

@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
 
+# most boxes per network call when embedding many photos: on the CPU a batch of 64 crops took 1.35x the
+# time per crop of a batch of 10-30 (the starter model at 128x256, onnxruntime, 2 cores with AVX2; the
+# activations of a large batch outgrow the caches: `benchmarks/embedder.py --batch-sizes`); a GPU wants
+# large batches
+CPU_BATCH_BOXES = 30
+GPU_BATCH_BOXES = 256
+
 
 class BoxDetector(Protocol):
     """Anything that finds the fluke: ``detect(images)`` for a list of ``(H, W, 3) uint8`` photos
@@ -97,6 +104,14 @@ class PhotoEmbedder:
         self.tta = tta
         self.detector = detector
         self.batch_boxes = max(1, int(batch_boxes))
+
+    def for_enrolment(self, enrol_boxes: int | None) -> PhotoEmbedder:
+        """The embedder of enrolled photos: the same network and detector through only the first
+        ``enrol_boxes`` TTA boxes (the manifest's ``gallery.enrol_boxes``); itself when that is None."""
+        policy = self.tta.first(enrol_boxes)
+        if policy is self.tta:
+            return self
+        return PhotoEmbedder(self.embed_fn, self.preprocess, policy, self.detector, self.batch_boxes)
 
     def boxes_for(self, image: np.ndarray, base_box=None) -> np.ndarray:
         """The TTA boxes of one photo: ``(n_boxes, 4) float32`` pixels.

@@ -85,6 +85,7 @@ class Identifier:
         self.manifest = manifest
         self.gallery = gallery
         self.embedder = embedder
+        self.enrol_embedder = embedder.for_enrolment(manifest.gallery.enrol_boxes)
         self.detector = embedder.detector
         self.limits = limits
         self.scoring: str = scoring or manifest.scoring
@@ -135,13 +136,17 @@ class Identifier:
             )
         return mode, (float(threshold) if threshold is not None else self.manifest.threshold_for(mode))
 
-    def prepare(self, data: bytes, flipped: bool = False, metadata: PhotoMetadata | None = None) -> PreparedPhoto:
+    def prepare(
+        self, data: bytes, flipped: bool = False, metadata: PhotoMetadata | None = None, enrol: bool = False
+    ) -> PreparedPhoto:
         """Decode a photo and build its network inputs.
 
         Args:
             data: the photo's bytes.
             flipped: also build the mirror image's inputs (enrolment with mirrored identities).
             metadata: what the caller says of the photo (over what its EXIF says, field by field).
+            enrol: the photo is to be enrolled: only the manifest's ``gallery.enrol_boxes`` first TTA
+                boxes (a query gets every box).
 
         Raises:
             InputImageError subclasses: empty, too large, unsupported, undecodable.
@@ -152,8 +157,9 @@ class Identifier:
         base = None
         if self.detector is not None and self.manifest.tta.base == "detector":
             base = self.detector.detect([image.pixels])[0]
-        boxes = self.embedder.boxes_for(image.pixels, base)
-        inputs = self.embedder.batch_for(image.pixels, boxes, flipped)
+        embedder = self.enrol_embedder if enrol else self.embedder
+        boxes = embedder.boxes_for(image.pixels, base)
+        inputs = embedder.batch_for(image.pixels, boxes, flipped)
         t2 = time.perf_counter()
         meta = (metadata or PhotoMetadata()).merged_over(metadata_from_exif(data)).as_dict()
         return PreparedPhoto(

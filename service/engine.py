@@ -160,14 +160,16 @@ class WhaleService:
 
     # -- pipeline ----------------------------------------------------------------------------
 
-    async def prepare(self, data: bytes, flipped: bool = False, metadata: PhotoMetadata | None = None) -> PreparedPhoto:
+    async def prepare(
+        self, data: bytes, flipped: bool = False, metadata: PhotoMetadata | None = None, enrol: bool = False
+    ) -> PreparedPhoto:
         """Decode a photo and build its model inputs (in a worker thread); its metadata is ``metadata``
-        completed by its EXIF.
+        completed by its EXIF; ``enrol``: the inputs of an enrolled photo (``gallery.enrol_boxes``).
 
         Raises:
             InputImageError subclasses: empty, too large, unsupported, undecodable.
         """
-        return await to_thread.run_sync(self.identifier.prepare, data, flipped, metadata)
+        return await to_thread.run_sync(self.identifier.prepare, data, flipped, metadata, enrol)
 
     async def embed(self, prep: PreparedPhoto, flipped: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """``(d,)`` embedding of a prepared photo (and of its mirror image when ``flipped``)."""
@@ -237,7 +239,7 @@ class WhaleService:
         new, mirror = [], []
         for name, data in photos:
             try:
-                prep = await self.prepare(data, flipped, metadata)
+                prep = await self.prepare(data, flipped, metadata, enrol=True)
             except WhaleidError as exc:
                 exc.detail = f"{exc.detail} (file {name!r})" if name else exc.detail
                 raise

@@ -250,7 +250,7 @@ def enrol_entries(
     from index.metadata import perceptual_hash
     from index.store import NewImage
 
-    manifest, gallery, embedder = opened.manifest, opened.gallery, opened.embedder
+    manifest, gallery, embedder = opened.manifest, opened.gallery, opened.enrol_embedder
     local = None
     if manifest.local_features is not None:
         from index.local import LocalFeatureExtractor

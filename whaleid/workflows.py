@@ -94,7 +94,7 @@ def build_gallery(
         for child in folder.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     opened = open_bundle(bundle, folder, manifest)
-    gallery, embedder = opened.gallery, opened.embedder
+    gallery, embedder = opened.gallery, opened.enrol_embedder
     local = None
     if manifest.local_features is not None:
         from index.local import LocalFeatureExtractor
