@@ -24,6 +24,7 @@ def test_the_starter_bundle_is_complete_small_and_embeds_a_photo():
     assert manifest.model.architecture == "tf_efficientnet_lite0" and manifest.model.embedding_dim == 512
     assert tuple(manifest.preprocess.mean) == tuple(manifest.preprocess.std) == (0.5, 0.5, 0.5)
     assert manifest.training["fine_tunable"] is True and manifest.training["pretrained"] == "pip:efficientnet-lite0"
+    assert len(manifest.tta.boxes) == 5 and manifest.gallery.enrol_boxes == 1  # queries 5 boxes, enrolment 1
     pixels = np.random.default_rng(0).integers(0, 256, (200, 400, 3), dtype=np.uint8)
     (out,) = bundle_embedder(bundle, manifest).embed_many([(pixels, None)])
     assert out.embedding.shape == (512,) and out.embedding.dtype == np.float32
