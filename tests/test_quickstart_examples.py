@@ -93,3 +93,17 @@ def test_no_unheld_photo_gives_placeholders(tmp_path):
 
     text = curl_examples("127.0.0.1", 8000, None, None)
     assert "file=@fluke.jpg" in text and "files=@my-fluke.jpg" in text
+
+
+def test_the_step_4_estimate_scales_with_the_photos_listed(tmp_path):
+    from whaleid.quickstart import _own_estimate
+
+    def labels(n):
+        path = tmp_path / f"labels{n}.csv"
+        path.write_text("Image,Id\n" + "".join(f"p{i}.jpg,w{i % 7}\n" for i in range(n)))
+        return path
+
+    # 5 + 0.045 n to 10 + 0.1 n seconds: 60 photos 7.7-16 s; 3,280 photos 152.6-338 s, shown in minutes
+    assert _own_estimate(labels(60)) == "about 8-16 s for 60 photos on 2 cores, less with more cores"
+    assert _own_estimate(labels(3280)) == "about 3-6 minutes for 3280 photos on 2 cores, less with more cores"
+    assert _own_estimate(tmp_path / "missing.csv") == "about 0.05 to 0.1 s a photo on 2 cores"

@@ -228,15 +228,16 @@ def load_gallery_whales(bundle: Path) -> list[str]:
 
 
 def _own_estimate(labels: Path) -> str:
-    """What step 4 will take for a catalogue of one's own, from its photo count: about 40 to 60 s of fixed
-    cost (loading, the descriptor index, calibration) and 0.16 to 0.3 s a listed photo on 2 cores (embedding,
-    SIFT features); measured here: 60 photos in 51 and 77 s, 3,280 in 597 s on a quiet machine and about
-    810 s (13.5 minutes for the photos) on a busy one."""
+    """What step 4 will take for a catalogue of one's own, from its photo count: a few seconds of fixed
+    cost (loading, the descriptor index, calibration) and 0.045 to 0.1 s a listed photo on 2 cores (one
+    box's embedding per enrolled photo, SIFT features, the validation photos' five boxes); measured with
+    the shipped starter (``gallery.enrol_boxes`` 1) on fresh clones: 60 photos in 5 s, 3,280 in 152 s on
+    a quiet machine and about 270 s on a slower, busier one."""
     try:
         n = max(0, len(Path(labels).read_text().splitlines()) - 1)
     except OSError:
-        return "about 0.2 to 0.3 s a photo on 2 cores"
-    lo, hi = 40 + n * 0.16, 60 + n * 0.3  # seconds: quiet and busy machine
+        return "about 0.05 to 0.1 s a photo on 2 cores"
+    lo, hi = 5 + n * 0.045, 10 + n * 0.1  # seconds: quiet and busy machine
     span = f"about {lo:.0f}-{hi:.0f} s" if hi < 120 else f"about {lo / 60:.0f}-{hi / 60:.0f} minutes"
     return f"{span} for {n} photos on 2 cores, less with more cores"
 
