@@ -31,7 +31,8 @@ class MatchResult:
     Attributes:
         inliers: RANSAC inliers of the fitted model (0 when fewer than 4 ratio-test matches, or
             when no model was found).
-        matches: correspondences that passed the ratio test and the one-to-one filter.
+        matches: correspondences that passed the ratio test and the one-to-one filter, at distinct
+            (query, gallery) locations.
         pairs: ``(inliers, 2, 2) float32`` inlier correspondences in photo pixels:
             ``pairs[i, 0]`` is the query point ``(x, y)``, ``pairs[i, 1]`` the gallery point.
     """
@@ -85,6 +86,22 @@ def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float) -> tuple[np.ndarra
     return chosen.astype(np.int64), best[chosen].astype(np.int64)
 
 
+def _distinct_locations(
+    a: LocalFeatures, b: LocalFeatures, qi: np.ndarray, gi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop a match whose query and gallery locations repeat an earlier match's. SIFT gives a point
+    with two dominant orientations two keypoints at the same place; when both ends of two matches
+    coincide, RANSAC would count one correspondence as two inliers."""
+    if len(qi) < 2:
+        return qi, gi
+    ends = np.concatenate([a.keypoints[qi], b.keypoints[gi]], axis=1)
+    _, first = np.unique(ends, axis=0, return_index=True)
+    if len(first) == len(qi):
+        return qi, gi
+    first = np.sort(first)
+    return qi[first], gi[first]
+
+
 def match(a: LocalFeatures, b: LocalFeatures, spec: LocalFeatureSpec) -> MatchResult:
     """Geometric verification of a query photo ``a`` against a gallery photo ``b``.
 
@@ -99,6 +116,7 @@ def match(a: LocalFeatures, b: LocalFeatures, spec: LocalFeatureSpec) -> MatchRe
         than 4 matches, or no model found, gives 0 inliers (never an error).
     """
     qi, gi = ratio_matches(a.descriptors, b.descriptors, spec.ratio)
+    qi, gi = _distinct_locations(a, b, qi, gi)
     if len(qi) < MIN_MATCHES:
         return _no_match(len(qi))
     src = a.crop_points()[qi].reshape(-1, 1, 2)

@@ -164,6 +164,23 @@ def test_decode_of_bad_bytes_raises_corrupt_artifact(query, mangle):
         decode_features(blob, "gallery.sqlite image 7")
 
 
+def test_two_orientations_of_one_point_count_once():
+    """SIFT gives a point with two dominant orientations two keypoints at one place: matched to a
+    gallery point that is doubled the same way, that is one correspondence, one inlier, not two."""
+    rng = np.random.default_rng(7)
+    points = np.array([[20, 30], [200, 40], [60, 180], [220, 190], [120, 100], [150, 20]], np.float32)
+    desc = rng.integers(0, 256, (7, 128)).astype(np.uint8)
+    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    # point 0 twice (its two orientations: two descriptors); the gallery photo shifted by (10, 5) px
+    query = LocalFeatures(np.vstack([points, points[:1]]), desc, identity, (256, 256))
+    gallery = LocalFeatures(np.vstack([points, points[:1]]) + np.float32([10, 5]), desc, identity, (256, 256))
+    result = match(query, gallery, SPEC)
+    # 7 descriptor matches, 6 distinct (query, gallery) locations, all on the shift
+    assert (result.inliers, result.matches) == (6, 6)
+    assert len(np.unique(result.pairs.reshape(len(result.pairs), 4), axis=0)) == 6
+    np.testing.assert_allclose(result.pairs[:, 1] - result.pairs[:, 0], np.tile([10.0, 5.0], (6, 1)))
+
+
 def test_scores_by_hand():
     assert local_score(3, (1.0, -3.0)) == pytest.approx(P_LOG4_MINUS_3, abs=1e-12)
     assert local_score(0, (2.0, 0.0)) == pytest.approx(0.5, abs=1e-12)
