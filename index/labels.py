@@ -152,6 +152,8 @@ class Split:
             "queries_new_whale": len(self.val_open) + len(self.val_new_whale),
             "new_whale_share": round((len(self.val_open) + len(self.val_new_whale)) / max(len(q), 1), 3),
             "queries_held_out_whales": len({p.whale_id for p in self.val_open}),
+            "queries_held_out_photos": len(self.val_open),
+            "queries_unnamed": len(self.val_new_whale),
             "new_whale_unused": len(self.train_new_whale),
         }
 

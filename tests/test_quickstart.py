@@ -55,8 +55,10 @@ def test_quickstart_builds_a_servable_bundle(tmp_path):
     n_val = len((home / "split" / "calibration.csv").read_text().splitlines()) - 1
     best = "embedding" if emb.val_map5 > fused.val_map5 + 1 / n_val else "fused"  # fused unless clearly beaten
     assert manifest.scoring == best
+    n_all = len((home / "split" / "queries.csv").read_text().splitlines()) - 1
+    subset = f"{n_val} photos" if n_val >= n_all else f"{n_val} of the {n_all} validation photos, drawn at random"
     assert (
-        f"validation as served ({n_val} photos): MAP@5 {emb.val_map5:.3f} with the embedding alone (new_whale "
+        f"validation as served ({subset}): MAP@5 {emb.val_map5:.3f} with the embedding alone (new_whale "
         f"threshold {emb.value:.3f}), {fused.val_map5:.3f} fused with SIFT + RANSAC (threshold {fused.value:.3f}); "
         f"default scoring: {best}"
     ) in res.output

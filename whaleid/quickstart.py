@@ -165,9 +165,9 @@ def build(
             t,
             f"{summary['train_photos']} gallery photos of {summary['train_identities']} whales; "
             f"{summary['queries']} validation photos ({summary['queries_known']} photos of those whales, "
-            f"{summary['queries_new_whale']} as new whales: photos of {held_out} "
-            f"{'whale' if held_out == 1 else 'whales'} kept out of the gallery "
-            f"and unnamed ones); {summary['new_whale_unused']} unnamed (new_whale) photos not used",
+            f"{summary['queries_new_whale']} as new whales: {summary['queries_held_out_photos']} photos of {held_out} "
+            f"{'whale' if held_out == 1 else 'whales'} kept out of the gallery and {summary['queries_unnamed']} "
+            f"unnamed (new_whale) ones); {summary['new_whale_unused']} other unnamed photos not used",
         )
     expect = STEP_SECONDS_GALLERY if synthetic else _own_estimate(labels)
     t = _step(
@@ -187,15 +187,21 @@ def build(
     best = "embedding" if emb["map5"] > fused["map5"] + 1.0 / max(n_val, 1) else "fused"
     manifest = load_manifest(bundle)
     manifest.model_copy(update={"scoring": best}).save(bundle)
-    before = len(load_gallery_whales(bundle))
-    stats = build_gallery(bundle, images, labels, boxes)
+    n_all = max(0, len((split / "queries.csv").read_text().splitlines()) - 1)
+    subset = f"{n_val} photos" if n_val >= n_all else f"{n_val} of the {n_all} validation photos, drawn at random"
     typer.echo(
-        f"      validation as served ({n_val} photos): MAP@5 {emb['map5']:.3f} with the embedding alone "
+        f"      validation as served ({subset}): MAP@5 {emb['map5']:.3f} with the embedding alone "
         f"(new_whale threshold {emb['saved_threshold']:.3f}), {fused['map5']:.3f} fused with SIFT + RANSAC "
-        f"(threshold {fused['saved_threshold']:.3f}); default scoring: {best} (fused unless the embedding wins by "
-        f"more than one photo, {1 / max(n_val, 1):.3f}; `whaleid compare-modes` on more labelled photos decides "
-        "better)"
+        f"(threshold {fused['saved_threshold']:.3f}); default scoring: {best} (fused unless the embedding's MAP@5 is "
+        f"higher by more than one photo's worth, 1/{max(n_val, 1)} = {1 / max(n_val, 1):.3f}; `whaleid compare-modes` "
+        "on more labelled photos decides better)"
     )
+    before = len(load_gallery_whales(bundle))
+    typer.echo(
+        "      enrolling the validation photos of named whales: the bar counts every photo the labels name, "
+        "those already in the gallery pass quickly"
+    )
+    stats = build_gallery(bundle, images, labels, boxes)
     if emb.get("queries_new_whale", 1) == 0:
         typer.secho(
             "      warning: no validation photo was a new whale (no photos labelled new_whale, and no whale could be "
