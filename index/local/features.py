@@ -10,6 +10,7 @@ import struct
 import threading
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -64,6 +65,16 @@ class LocalFeatures:
         """Features of a photo without keypoints: ``(0, 2)`` keypoints and ``(0, 128)`` descriptors."""
         affine = np.eye(2, 3, dtype=np.float64) if crop_to_photo is None else crop_to_photo
         return cls(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_DIM), np.uint8), affine, tuple(crop_size_px))
+
+    @cached_property
+    def location_ids(self) -> np.ndarray:
+        """``(n,) int64``: for each keypoint, the index of the first keypoint at exactly its place. SIFT
+        gives a point with two dominant orientations two keypoints (two descriptors) there; matching
+        counts such a place once. Computed once per photo (the matcher caches gallery features)."""
+        if not len(self):
+            return np.zeros(0, np.int64)
+        _, first, inverse = np.unique(self.keypoints, axis=0, return_index=True, return_inverse=True)
+        return first[inverse.reshape(-1)].astype(np.int64)
 
     def crop_points(self) -> np.ndarray:
         """``(n, 2) float32`` keypoints in pixels of the resized crop (inverse of ``crop_to_photo``)."""

@@ -89,13 +89,13 @@ def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float) -> tuple[np.ndarra
 def _distinct_locations(
     a: LocalFeatures, b: LocalFeatures, qi: np.ndarray, gi: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Drop a match whose query and gallery locations repeat an earlier match's. SIFT gives a point
-    with two dominant orientations two keypoints at the same place; when both ends of two matches
-    coincide, RANSAC would count one correspondence as two inliers."""
+    """Drop a match whose query and gallery places repeat an earlier match's
+    (:attr:`LocalFeatures.location_ids`): two orientations of one point matched to two orientations of
+    another are one correspondence, and RANSAC would count them as two inliers."""
     if len(qi) < 2:
         return qi, gi
-    ends = np.concatenate([a.keypoints[qi], b.keypoints[gi]], axis=1)
-    _, first = np.unique(ends, axis=0, return_index=True)
+    keys = a.location_ids[qi] * max(len(b), 1) + b.location_ids[gi]
+    _, first = np.unique(keys, return_index=True)
     if len(first) == len(qi):
         return qi, gi
     first = np.sort(first)
