@@ -137,11 +137,12 @@ def test_a_change_waits_for_a_lock_held_too_long_then_is_busy_while_reads_go_on(
 def test_an_old_schema_is_refused_with_the_command_that_fixes_it():
     from pg_cluster import shared_cluster
 
+    cluster = shared_cluster()  # skips with the reason when PostgreSQL or psycopg is missing: import after it
     from index.store import open_store
     from index.store.pg_migrate import SCHEMA_VERSION, migrate
     from index.store.postgres_errors import SchemaVersionError
 
-    url = shared_cluster().create_database("old_schema", migrate=False)
+    url = cluster.create_database("old_schema", migrate=False)
     with pytest.raises(SchemaVersionError, match="whaleid store migrate"):
         open_store(url, DIM)
     every = list(range(1, SCHEMA_VERSION + 1))
@@ -152,10 +153,10 @@ def test_an_old_schema_is_refused_with_the_command_that_fixes_it():
 def test_the_change_feed_wakes_another_replica_and_survives_a_server_restart(tmp_path):
     from pg_cluster import PgCluster
 
+    cluster = PgCluster()  # its own server: this test stops it; skips first when PostgreSQL or psycopg is missing
     from index.store import open_store
     from index.store.postgres_errors import DatabaseUnavailableError
 
-    cluster = PgCluster()  # its own server: this test stops it
     try:
         url = cluster.create_database("feed")
         writer, reader = open_store(url, DIM), open_store(url, DIM)
