@@ -4,8 +4,8 @@ Each file is applied once, in its own transaction, and recorded in ``schema_migr
 schema version is the highest number applied. ``whaleid store migrate URL`` applies the pending
 ones; :class:`~index.store.postgres.PostgresGalleryStore` refuses to open a database whose version
 differs from :data:`SCHEMA_VERSION` (:class:`~index.store.postgres_errors.SchemaVersionError`).
-Two replicas migrating at once are serialised by a transaction-level advisory lock: the second
-finds the work done.
+Two replicas migrating at once are serialised by one session-level advisory lock held for the whole
+run: the second waits, then finds the work done (it applies nothing).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-#: ``pg_advisory_xact_lock`` key taken by every migration transaction (any constant bigint)
+#: ``pg_advisory_lock`` key held by a migration run from its first file to its last (any constant bigint)
 _LOCK_KEY = 0x7768616C656964  # "whaleid"
 
 
@@ -85,19 +85,26 @@ def migrate(url: str, connect_timeout_s: float = 10.0) -> list[int]:
     applied: list[int] = []
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout_s))) as conn:
-            for version, path in migration_files():
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-                    conn.execute(
-                        "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
-                        "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-                    )
-                    if schema_version(conn) >= version:
-                        continue
-                    conn.execute(path.read_text())
-                    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, path.name))
-                    applied.append(version)
-                    log.info("gallery database %s: applied migration %s", where, path.name)
+            # one session-level lock for the whole run: a second migrator waits, then finds every file applied
+            # (a lock per file let two runs interleave, each applying part of the list)
+            conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+            try:
+                for version, path in migration_files():
+                    with conn.transaction():
+                        conn.execute(
+                            "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+                            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                        )
+                        if schema_version(conn) >= version:
+                            continue
+                        conn.execute(path.read_text())
+                        conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, path.name)
+                        )
+                        applied.append(version)
+                        log.info("gallery database %s: applied migration %s", where, path.name)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
             check_schema(conn, where)
     except psycopg.Error as exc:
         raise translate(exc, where) from exc

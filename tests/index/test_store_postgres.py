@@ -134,19 +134,29 @@ def test_a_change_waits_for_a_lock_held_too_long_then_is_busy_while_reads_go_on(
     assert [r.sha256 for r in store.images_of("W")] == ["a", "b"]
 
 
-def test_an_old_schema_is_refused_with_the_command_that_fixes_it():
+def test_an_old_schema_is_refused_with_the_command_that_fixes_it(monkeypatch):
     from pg_cluster import shared_cluster
 
     cluster = shared_cluster()  # skips with the reason when PostgreSQL or psycopg is missing: import after it
-    from index.store import open_store
-    from index.store.pg_migrate import SCHEMA_VERSION, migrate
+    from index.store import open_store, pg_migrate
     from index.store.postgres_errors import SchemaVersionError
 
     url = cluster.create_database("old_schema", migrate=False)
     with pytest.raises(SchemaVersionError, match="whaleid store migrate"):
         open_store(url, DIM)
-    every = list(range(1, SCHEMA_VERSION + 1))
-    assert _together(lambda: migrate(url), lambda: migrate(url)) in ([every, []], [[], every])  # applied once
+    files, first_gap = pg_migrate.migration_files(), threading.Lock()
+
+    def slow_between_files():  # the first run to reach a gap between two files pauses there, where a lock per
+        for i, item in enumerate(files):  # file let the other run in to apply the rest
+            if i == 1 and first_gap.acquire(blocking=False):
+                time.sleep(0.5)
+            yield item
+
+    monkeypatch.setattr(pg_migrate, "migration_files", slow_between_files)
+    every = list(range(1, pg_migrate.SCHEMA_VERSION + 1))
+    assert len(every) >= 2
+    runs = _together(lambda: pg_migrate.migrate(url), lambda: pg_migrate.migrate(url))
+    assert runs in ([every, []], [[], every])  # one run applies every file, the other waits and finds them done
     open_store(url, DIM).close()
 
 
