@@ -5,6 +5,7 @@ psycopg is missing."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -114,7 +115,12 @@ def test_a_delete_racing_enrolments_leaves_no_half_identity(open_):
     names = a.identity_names()
     owners = set(a.all_embeddings()[1].tolist())
     assert owners == set(names) and all(a.image_ids_of(i) for i in names)
-    assert len(set(ids)) >= 2  # re-created after a delete with a new id, never an old one back
+    runs = [k for k, _ in itertools.groupby(ids)]  # the ids in the order the enrolments saw them
+    assert len(runs) == len(set(runs))  # once deleted, an id never comes back, whatever the interleaving
+    if a.has_identity("W"):
+        b.remove_identity("W")
+    again = a.add_images("W", [img("after")]).identity_id
+    assert again not in ids and again > max(ids)  # re-created after a delete with a new id, never an old one
 
 
 def test_a_change_waits_for_a_lock_held_too_long_then_is_busy_while_reads_go_on(open_, url):
