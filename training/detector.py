@@ -37,6 +37,7 @@ from core.manifest import DetectorSpec, load_manifest
 from core.preprocess import PreprocessSpec, crop_resize, normalize
 from training.data import ImageCache, read_boxes
 from training.model import create_backbone, pooled_features
+from training.pretrained import is_pip_source, pip_source
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,13 @@ class DetectorConfig:
     Attributes:
         box_csvs: ``(images folder, boxes CSV)`` pairs; every boxed photo is used.
         backbone: timm model name.
+        pretrained: the backbone's initial weights, as ``model.pretrained`` (``False``: random;
+            ``pip:efficientnet-lite0``: ImageNet, offline). The input normalisation follows the source.
+        trunk_blocks: keep only the stem and the first ``trunk_blocks`` stages of an EfficientNet/MobileNet
+            backbone (``conv_stem``, ``bn1``, ``blocks``) and read the box from its whole feature map
+            (1x1 conv to 32 channels, flattened, then the head) instead of from pooled features; ``None``:
+            the whole backbone, pooled.
+        head_hidden: width of the head's hidden layer (256; 64 keeps a small detector's file small).
         input_size: ``[H, W]`` the whole photo is resized to, in pixels.
         epochs, batch_size, lr, weight_decay: optimisation (AdamW, warm-up + cosine).
         val_fraction: share of photos held out for the mean IoU.
@@ -59,6 +67,9 @@ class DetectorConfig:
 
     box_csvs: list[list[str]] = field(default_factory=list)
     backbone: str = "resnet18"
+    pretrained: bool | str = False
+    trunk_blocks: int | None = None
+    head_hidden: int = 256
     input_size: list[int] = field(default_factory=lambda: [96, 192])
     epochs: int = 20
     batch_size: int = 32
@@ -70,22 +81,61 @@ class DetectorConfig:
     threads: int = 0
 
     def spec(self) -> PreprocessSpec:
+        if is_pip_source(self.pretrained):
+            source = pip_source(self.pretrained)
+            return PreprocessSpec(input_size=tuple(self.input_size), mean=source.mean, std=source.std)
         return PreprocessSpec(input_size=tuple(self.input_size))
+
+    def architecture(self) -> str:
+        """The detector's name in the manifest, e.g. ``resnet18`` or ``tf_efficientnet_lite0[:4]+map``."""
+        return self.backbone if self.trunk_blocks is None else f"{self.backbone}[:{self.trunk_blocks}]+map"
 
 
 class BoxRegressor(nn.Module):
-    """``(n, 3, H, W) float32`` → ``(n, 4) float32`` box fractions ``(x0, y0, x1, y1)`` in ``[0, 1]``."""
+    """``(n, 3, H, W) float32`` → ``(n, 4) float32`` box fractions ``(x0, y0, x1, y1)`` in ``[0, 1]``.
 
-    def __init__(self, backbone: nn.Module):
+    Either a whole timm backbone's pooled features → MLP, or (``trunk_blocks``) the stem and first stages
+    of an EfficientNet/MobileNet backbone → 1x1 conv to 32 channels → the flattened feature map of an
+    ``input_size`` photo → MLP: the map keeps where the fluke is, which pooling leaves the network to
+    encode, and a few ImageNet stages are small enough to ship (``tf_efficientnet_lite0`` through its
+    4th stage: 0.25 M weights).
+
+    Raises:
+        ConfigError: ``trunk_blocks`` on a backbone without ``conv_stem``/``bn1``/``blocks``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        hidden: int = 256,
+        trunk_blocks: int | None = None,
+        input_size: tuple[int, int] | list[int] = (96, 192),
+    ):
         super().__init__()
-        self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(pooled_features(backbone), 256), nn.ReLU(inplace=True), nn.Linear(256, 4))
+        if trunk_blocks is None:
+            self.backbone = backbone
+            width = pooled_features(backbone)
+            self.head = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4))
+            return
+        if not all(hasattr(backbone, a) for a in ("conv_stem", "bn1", "blocks")):
+            raise ConfigError(f"trunk_blocks needs an EfficientNet/MobileNet backbone, not {type(backbone).__name__}")
+        trunk = nn.Sequential(backbone.conv_stem, backbone.bn1, *backbone.blocks[:trunk_blocks])
+        with torch.no_grad():
+            c, h, w = trunk.eval()(torch.zeros(1, 3, *input_size)).shape[1:]
+        reduce = nn.Sequential(nn.Conv2d(c, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True))
+        self.backbone = nn.Sequential(trunk, reduce, nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(32 * h * w, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raw = torch.sigmoid(self.head(self.backbone(x)).float())
         xs, _ = torch.sort(raw[:, [0, 2]], dim=1)
         ys, _ = torch.sort(raw[:, [1, 3]], dim=1)
         return torch.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], dim=1)
+
+
+def build_regressor(cfg: DetectorConfig, pretrained: bool | str) -> BoxRegressor:
+    """The configured :class:`BoxRegressor`, its backbone initialised from ``pretrained``."""
+    return BoxRegressor(create_backbone(cfg.backbone, pretrained), cfg.head_hidden, cfg.trunk_blocks, cfg.input_size)
 
 
 def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -217,7 +267,7 @@ def train_detector(cfg: DetectorConfig, out_dir: str | Path, progress: bool = Tr
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     train_set, val_set = split_boxed(load_boxed(cfg), cfg.val_fraction, cfg.seed)
-    model = BoxRegressor(create_backbone(cfg.backbone, False))
+    model = build_regressor(cfg, cfg.pretrained)
     ds = BoxDataset(train_set, cfg, train=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(ds) // cfg.batch_size)
@@ -273,7 +323,7 @@ def load_detector(run_dir: str | Path) -> tuple[BoxRegressor, DetectorConfig, di
         raise ConfigError(f"{run} has no detector.pt: run `whaleid train-detector` first")
     ckpt = torch.load(run / "detector.pt", map_location="cpu", weights_only=False)
     cfg = DetectorConfig(**ckpt["config"])
-    model = BoxRegressor(create_backbone(cfg.backbone, False))
+    model = build_regressor(cfg, False)  # the weights come from the checkpoint
     model.load_state_dict(ckpt["model"])
     model.eval()
     report = json.loads((run / "detector.json").read_text()) if (run / "detector.json").exists() else {}
@@ -320,7 +370,7 @@ def export_detector(run_dir: str | Path, bundle: str | Path, atol: float = 1e-4)
         raise RuntimeError(f"detector.onnx differs from torch by {diff:.2e} (> {atol})")
     spec = DetectorSpec(
         sha256=sha256_file(path),
-        architecture=cfg.backbone,
+        architecture=cfg.architecture(),
         preprocess=cfg.spec(),
         val_mean_iou=report.get("val", {}).get("mean_iou"),
     )

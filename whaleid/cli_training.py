@@ -99,10 +99,19 @@ def train_detector(
     images: Annotated[list[Path], typer.Option("--images", help="Photo folder (repeat, paired with --boxes).")],
     boxes: Annotated[list[Path], typer.Option("--boxes", help="Boxes CSV image,x0,y0,x1,y1 (repeatable).")],
     backbone: Annotated[str, typer.Option(help="timm backbone name.")] = "resnet18",
+    pretrained: Annotated[
+        str, typer.Option(help="Initial backbone weights: 'false', 'pip:efficientnet-lite0' (offline), or a file.")
+    ] = "false",
+    trunk_blocks: Annotated[
+        int | None,
+        typer.Option(help="Keep the stem and first N stages of an EfficientNet backbone; read the box off its map."),
+    ] = None,
+    head_hidden: Annotated[int, typer.Option(help="Width of the box head's hidden layer.")] = 256,
     input_h: Annotated[int, typer.Option(help="Input height in pixels.")] = 96,
     input_w: Annotated[int, typer.Option(help="Input width in pixels.")] = 192,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Photos per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Split and init seed.")] = 0,
 ) -> None:
     """Train the fluke box regressor on photos with boxes; prints validation mean IoU beside the full frame's."""
@@ -115,9 +124,13 @@ def train_detector(
     cfg = DetectorConfig(
         box_csvs=[[str(i), str(b)] for i, b in zip(images, boxes, strict=True)],
         backbone=backbone,
+        pretrained={"false": False, "true": True}.get(pretrained.lower(), pretrained),
+        trunk_blocks=trunk_blocks,
+        head_hidden=head_hidden,
         input_size=[input_h, input_w],
         epochs=epochs,
         batch_size=batch_size,
+        lr=lr,
         seed=seed,
     )
     rep = run(cfg, out)
