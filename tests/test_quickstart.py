@@ -41,6 +41,11 @@ def test_quickstart_builds_a_servable_bundle(tmp_path):
     bundle = home / "bundle"
     manifest = load_manifest(bundle)
     assert manifest.model.embedding_dim == 32 and tuple(manifest.preprocess.input_size) == (32, 64)
+    # the fine-tuned network keeps the starter's fluke detector: TTA boxes around the detected fluke
+    from whaleid.starter import starter_bundle
+
+    assert manifest.detector == load_manifest(starter_bundle()).detector and manifest.tta.base == "detector"
+    assert "the starter's fluke detector kept" in res.output
     # the threshold was re-chosen on the validation photos without boxes (calibrate), not copied
     # from training, whose evaluation used the photos' boxes
     run_eval = json.loads((home / "run" / "eval.json").read_text())

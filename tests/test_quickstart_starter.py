@@ -95,3 +95,46 @@ def test_a_missing_starter_model_says_what_to_do(monkeypatch):
     monkeypatch.setattr(starter, "PACKAGED_FOLDER", "no-such-starter-folder")
     with pytest.raises(ConfigError, match="pass --starter BUNDLE, or --train"):
         starter.starter_bundle()
+
+
+def _with_detector(bundle, payload: bytes = b"not a real network: copy_detector never runs it"):
+    from core.fileio import sha256_file
+    from core.manifest import DetectorSpec
+    from core.preprocess import PreprocessSpec
+
+    (bundle / "detector.onnx").write_bytes(payload)
+    spec = DetectorSpec(
+        sha256=sha256_file(bundle / "detector.onnx"),
+        architecture="mobilenetv2_035",
+        preprocess=PreprocessSpec(input_size=(96, 192)),
+        val_mean_iou=0.8,
+    )
+    m = load_manifest(bundle)
+    m.model_copy(update={"detector": spec, "tta": m.tta.model_copy(update={"base": "detector"})}).save(bundle)
+    return spec
+
+
+def test_the_starter_detector_travels_with_the_copy_and_into_a_fine_tuned_bundle(tmp_path):
+    from core.errors import ManifestError
+    from whaleid.starter import copy_detector, copy_starter
+
+    starter = tiny_bundle(tmp_path / "starter")
+    spec = _with_detector(starter)
+    copied = copy_starter(starter, tmp_path / "served")
+    assert copied.detector == spec and load_manifest(tmp_path / "served").tta.base == "detector"
+    assert (tmp_path / "served" / "detector.onnx").read_bytes() == (starter / "detector.onnx").read_bytes()
+
+    trained = tiny_bundle(tmp_path / "trained", seed=1)  # as `export` writes it: no detector, full-frame boxes
+    before = load_manifest(trained)
+    assert before.detector is None and before.tta.base == "full_frame"
+    assert copy_detector(starter, trained) is True
+    m = load_manifest(trained)
+    assert m.detector == spec and m.tta.base == "detector" and m.model_version == "tiny-linear-test"
+    assert m.tta.boxes == before.tta.boxes and m.model == before.model  # its own boxes, now around the fluke
+    assert (trained / "detector.onnx").read_bytes() == (starter / "detector.onnx").read_bytes()
+
+    assert copy_detector(tiny_bundle(tmp_path / "plain"), tiny_bundle(tmp_path / "other")) is False
+    (starter / "detector.onnx").write_bytes(b"changed after the manifest was written")
+    with pytest.raises(ManifestError, match="does not match the checksum"):
+        copy_detector(starter, tiny_bundle(tmp_path / "third"))
+    assert load_manifest(tmp_path / "third").detector is None and not (tmp_path / "third" / "detector.onnx").exists()

@@ -1,11 +1,12 @@
 """``whaleid quickstart``: from nothing to a serving bundle on one machine.
 
 1. data: the synthetic fluke set (default) or your photos (``--images DIR --labels CSV``);
-2. the starter model (``starter/``, an EfficientNet-Lite0 + ArcFace embedding trained on real flukes;
-   see its MODEL_CARD.md): no training. With ``--train``: fine-tune ``configs/cpu-lite0.yaml`` from
-   the starter weights on the photos (minutes for the synthetic set, hours for a real catalogue);
+2. the starter model (``starter/``, an EfficientNet-Lite0 + ArcFace embedding trained on real flukes,
+   with a fluke detector; see its MODEL_CARD.md): no training. With ``--train``: fine-tune
+   ``configs/cpu-lite0.yaml`` from the starter weights on the photos (minutes for the synthetic set,
+   hours for a real catalogue);
 3. split the photos by whale into a gallery and validation photos (with ``--train``: export the
-   trained bundle, ONNX verified against torch, and use the run's split);
+   trained bundle, ONNX verified against torch, give it the starter's detector, and use the run's split);
 4. build the gallery from the gallery photos (with SIFT features), choose the new_whale thresholds of
    the ``embedding`` and ``fused`` scoring modes on the validation photos as the service will see them
    (no boxes: the bundle's TTA boxes, as for an upload), make the better of the two the bundle's
@@ -83,6 +84,7 @@ def _fine_tune(
     from training.config import load_config
     from training.engine import train
     from training.export import export_bundle
+    from whaleid.starter import copy_detector
 
     expect = STEP_SECONDS_TRAIN if synthetic else "minutes to hours: about 5 photos a second on 2 cores"
     t = _step(2, f"fine-tune {config_path().name} on your photos (progress below; {expect})")
@@ -98,7 +100,12 @@ def _fine_tune(
     _done(t, f"validation MAP@5 {ev['map5']:.3f} on the photos' boxes")
     t = _step(3, "export the bundle (ONNX, verified against torch)")
     rep = export_bundle(run, home / "bundle", fine_tunable=True)
-    _done(t, f"max |onnxruntime - torch| = {max(rep.max_abs_diff.values()):.1e}")
+    kept = starter is not None and copy_detector(starter, home / "bundle")  # the box finder needs no retraining
+    _done(
+        t,
+        f"max |onnxruntime - torch| = {max(rep.max_abs_diff.values()):.1e}"
+        + ("; the starter's fluke detector kept" if kept else ""),
+    )
     return run
 
 

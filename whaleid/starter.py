@@ -3,8 +3,8 @@ training (``whaleid quickstart``), and fine-tuned from (``model.init_from``, ``q
 
 ``starter/`` at the root of the checkout (``whaleid/starter_bundle`` links to it, as ``whaleid/configs``
 does to ``configs/``) holds a bundle without a gallery: ``model.onnx`` (exported ``--fine-tunable``:
-every weight under its PyTorch name), ``manifest.json`` and ``MODEL_CARD.md`` (data, recipe, measured
-accuracy, terms).
+every weight under its PyTorch name), ``detector.onnx`` (the fluke detector that places the TTA boxes),
+``manifest.json`` and ``MODEL_CARD.md`` (data, recipe, measured accuracy, terms).
 Torch-free: copying the starter and splitting photos need neither torch nor timm.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from core.errors import ConfigError
-from core.fileio import atomic_write_json
+from core.errors import ConfigError, ManifestError
+from core.fileio import atomic_write_json, sha256_file
 from core.manifest import MANIFEST_NAME, Manifest, load_manifest
 from index.labels import load_photos, split_by_identity, split_to_json
 
@@ -59,10 +59,37 @@ def copy_starter(starter: str | Path, bundle: str | Path) -> Manifest:
         raise ConfigError(f"{src} is not a bundle (no {MANIFEST_NAME})")
     manifest = load_manifest(src)
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("model.onnx", MANIFEST_NAME, "MODEL_CARD.md"):
+    names = ["model.onnx", MANIFEST_NAME, "MODEL_CARD.md"]
+    if manifest.detector is not None:
+        names.append(manifest.detector.file)
+    for name in names:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
     return manifest
+
+
+def copy_detector(src: str | Path, bundle: str | Path) -> bool:
+    """Give ``bundle`` the fluke detector of bundle ``src`` (its ``detector.onnx`` and manifest entry), so
+    that its TTA boxes surround the detected fluke as in ``src``. Used after ``quickstart --train``: the
+    detector does not depend on the embedding network, so a bundle fine-tuned from the starter keeps it.
+
+    Returns:
+        ``True`` when a detector was copied, ``False`` when ``src`` has none.
+
+    Raises:
+        ManifestError: either manifest is invalid, or ``src``'s detector file does not match its checksum.
+    """
+    src, bundle = Path(src), Path(bundle)
+    spec = load_manifest(src).detector
+    if spec is None:
+        return False
+    if sha256_file(src / spec.file) != spec.sha256:
+        raise ManifestError(f"{src / spec.file} does not match the checksum in {src / MANIFEST_NAME}")
+    manifest = load_manifest(bundle)
+    shutil.copyfile(src / spec.file, bundle / spec.file)
+    tta = manifest.tta.model_copy(update={"base": "detector"})
+    manifest.model_copy(update={"detector": spec, "tta": tta}).save(bundle)
+    return True
 
 
 def split_photos(
