@@ -223,6 +223,11 @@ class Manifest(_Strict):
             )
         return self.thresholds[mode].value
 
+    def with_detector(self, detector: DetectorSpec) -> Manifest:
+        """A copy listing ``detector``, with the TTA boxes placed around the fluke it finds
+        (``tta.base = "detector"``; the boxes themselves unchanged)."""
+        return self.model_copy(update={"detector": detector, "tta": self.tta.model_copy(update={"base": "detector"})})
+
     def save(self, bundle_dir: str | Path) -> Path:
         """Write ``manifest.json`` into ``bundle_dir`` atomically. Returns its path."""
         return atomic_write_json(Path(bundle_dir) / MANIFEST_NAME, self.model_dump(mode="json"))

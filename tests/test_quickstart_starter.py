@@ -109,8 +109,7 @@ def _with_detector(bundle, payload: bytes = b"not a real network: copy_detector 
         preprocess=PreprocessSpec(input_size=(96, 192)),
         val_mean_iou=0.8,
     )
-    m = load_manifest(bundle)
-    m.model_copy(update={"detector": spec, "tta": m.tta.model_copy(update={"base": "detector"})}).save(bundle)
+    load_manifest(bundle).with_detector(spec).save(bundle)
     return spec
 
 

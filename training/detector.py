@@ -374,9 +374,7 @@ def export_detector(run_dir: str | Path, bundle: str | Path, atol: float = 1e-4)
         preprocess=cfg.spec(),
         val_mean_iou=report.get("val", {}).get("mean_iou"),
     )
-    manifest.model_copy(update={"detector": spec, "tta": manifest.tta.model_copy(update={"base": "detector"})}).save(
-        bundle
-    )
+    manifest.with_detector(spec).save(bundle)
     return {"detector": str(path), "max_abs_diff": diff, "val_mean_iou": spec.val_mean_iou}
 
 

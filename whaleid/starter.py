@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from core.errors import ConfigError, ManifestError
+from core.errors import ConfigError, ManifestMismatchError
 from core.fileio import atomic_write_json, sha256_file
 from core.manifest import MANIFEST_NAME, Manifest, load_manifest
 from index.labels import load_photos, split_by_identity, split_to_json
@@ -77,18 +77,18 @@ def copy_detector(src: str | Path, bundle: str | Path) -> bool:
         ``True`` when a detector was copied, ``False`` when ``src`` has none.
 
     Raises:
-        ManifestError: either manifest is invalid, or ``src``'s detector file does not match its checksum.
+        ManifestError: either manifest is invalid; ManifestMismatchError (one) when ``src``'s detector file
+            does not match its checksum.
     """
     src, bundle = Path(src), Path(bundle)
     spec = load_manifest(src).detector
     if spec is None:
         return False
     if sha256_file(src / spec.file) != spec.sha256:
-        raise ManifestError(f"{src / spec.file} does not match the checksum in {src / MANIFEST_NAME}")
+        raise ManifestMismatchError(f"{src / spec.file} does not match the checksum in {src / MANIFEST_NAME}")
     manifest = load_manifest(bundle)
     shutil.copyfile(src / spec.file, bundle / spec.file)
-    tta = manifest.tta.model_copy(update={"base": "detector"})
-    manifest.model_copy(update={"detector": spec, "tta": tta}).save(bundle)
+    manifest.with_detector(spec).save(bundle)
     return True
 
 
